@@ -1,0 +1,1 @@
+"""Mask -> skeleton -> road graph -> conflation, verification, OSM files and graph metrics. No torch here."""
