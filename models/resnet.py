@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .base import default_image_channels
+
 __all__ = [
     "BasicBlock",
     "EncoderFeatures",
@@ -53,9 +55,7 @@ class BasicBlock(nn.Module):
         dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(
-            inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
-        )
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
@@ -109,16 +109,9 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"ResNet depth {depth} is not supported; choose one of {sorted(RESNET_LAYERS)}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be at least 1, got {in_channels}")
-        if image_channels is None:
-            image_channels = 3 if in_channels >= 3 else 0
-        if image_channels not in (0, 3) or image_channels > in_channels:
-            raise ValueError(
-                f"image_channels must be 3 (RGB first) or 0 (no image) and at most in_channels={in_channels},"
-                f" got {image_channels}"
-            )
         self.depth = depth
         self.in_channels = in_channels
-        self.image_channels = image_channels
+        self.image_channels = default_image_channels(in_channels, image_channels)
         self.inplanes = 64
         self.dilation = 1
 
@@ -226,8 +219,9 @@ def load_encoder_weights(
 
     A stem weight in the file that already has the encoder's input channels, other than 3 (e.g. an encoder
     saved by this project), is copied as is; a 3-channel one is always taken as RGB, so a GPS-only encoder
-    with exactly 3 GPS channels gets the GPS initialisation. Any other shape difference raises ``ValueError`` naming the key and shapes.
-    With ``strict=True`` missing or unexpected keys raise ``ValueError`` too.
+    with exactly 3 GPS channels gets the GPS initialisation. Any other shape difference raises
+    ``ValueError`` naming the key and shapes. With ``strict=True`` missing or unexpected keys raise
+    ``ValueError`` too.
     """
     if gps_init not in GPS_INIT_MODES:
         raise ValueError(f"gps_init must be one of {GPS_INIT_MODES}, got {gps_init!r}")
