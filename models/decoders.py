@@ -4,8 +4,9 @@
 paper's 1D transpose convolution block (figure 4b, equation 1): 2× interpolation, then four sets of 1D
 filters of ``2r + 1 = 9`` taps along the directions ``I = (I_h, I_w)`` = (0, 1) horizontal, (1, 0) vertical,
 (1, 1) forward diagonal and (-1, 1) backward diagonal, each set producing a quarter of the output channels,
-concatenated. A 9-tap filter has as many weights as a 3×3 one and runs at the doubled resolution on a
-quarter of the outputs, so parameters and multiply-adds equal those of the 3×3 transpose convolution.
+concatenated. A 9-tap filter has as many weights as a 3×3 one, so the parameter count equals that of the
+3×3 transpose convolution (the paper also claims equal cost; see :class:`TransposeConv1D` for what the
+order of interpolation and filtering does to the multiply-adds).
 
 Interpolation is bilinear (``align_corners=False``): the stride-1 1D filters then see a smooth map, and a
 diagonal road at the coarse scale does not turn into 2-pixel stair steps as with nearest-neighbour copies.
@@ -103,6 +104,8 @@ class Directional1dConv(nn.Module):
 
     Output channels ``[0, q)`` are horizontal, ``[q, 2q)`` vertical, ``[2q, 3q)`` forward diagonal and
     ``[3q, 4q)`` backward diagonal, with ``q = out_channels // 4``. Each set sees all input channels.
+    In every set, tap ``u`` of the ``(1, 9)``/``(9, 1)`` weight multiplies ``x[i + I_h t, j + I_w t]`` with
+    ``t = u - r``, so the weights are equation 1's ``k`` reversed, alike for the four directions.
     Output size equals input size for any ``H`` and ``W``.
     """
 
@@ -124,15 +127,22 @@ class Directional1dConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         width = x.shape[-1]
         fwd = unshear(self.forward_diagonal(shear(x, "forward")), "forward", width)
-        bwd = unshear(self.backward_diagonal(shear(x, "backward")), "backward", width)
+        # a column of the backward-sheared map runs along (1, -1) = -I: flip the taps to keep tap u at +I
+        bd = self.backward_diagonal
+        bwd = F.conv2d(shear(x, "backward"), bd.weight.flip(2), bd.bias, padding=bd.padding)
+        bwd = unshear(bwd, "backward", width)
         return torch.cat([self.horizontal(x), self.vertical(x), fwd, bwd], dim=1)
 
 
 class TransposeConv1D(nn.Module):
-    """The paper's 1D transpose convolution block: 2× interpolation then :class:`Directional1dConv`.
+    """The paper's 1D transpose convolution block: :class:`Directional1dConv` and 2× interpolation.
 
     A drop-in replacement for ``ConvTranspose2d(in, out, 3, stride=2, padding=1, output_padding=1)``:
-    same output size (2H × 2W), same parameter count and multiply-adds.
+    same output size (2H × 2W) and parameter count. By default the 9-tap filters run at the input
+    resolution and the result is interpolated, so the multiply-adds equal those of the stride-2 3×3
+    transpose convolution it replaces (the paper's "same parameter count and cost"; 1.5× counting the zeros
+    of the sheared maps), with a reach of 18 output pixels. ``upsample_first=True`` interpolates first and
+    filters at the output resolution (figure 4b read literally), about 4× the cost.
     """
 
     def __init__(
@@ -142,16 +152,22 @@ class TransposeConv1D(nn.Module):
         kernel_size: int = 9,
         scale_factor: int = 2,
         mode: str = "bilinear",
+        upsample_first: bool = False,
     ) -> None:
         super().__init__()
         self.scale_factor = scale_factor
         self.mode = mode
+        self.upsample_first = upsample_first
         self.conv = Directional1dConv(in_channels, out_channels, kernel_size)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _upsample(self, x: Tensor) -> Tensor:
         align = False if self.mode in ("bilinear", "bicubic") else None
-        x = F.interpolate(x, scale_factor=self.scale_factor, mode=self.mode, align_corners=align)
-        return self.conv(x)
+        return F.interpolate(x, scale_factor=self.scale_factor, mode=self.mode, align_corners=align)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.upsample_first:
+            return self.conv(self._upsample(x))
+        return self._upsample(self.conv(x))
 
 
 def upsampling_conv(decoder: str, in_channels: int, out_channels: int) -> nn.Module:

@@ -21,7 +21,7 @@ TRANSPOSE_CAPABLE = [n for n in MODEL_NAMES if n != "deeplabv3plus"]
 GPS_CHANNELS = 2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str, decoder: str, in_channels: int = 3 + GPS_CHANNELS) -> nn.Module:
     torch.manual_seed(0)
     return build_model(name, in_channels, decoder).eval()
@@ -176,18 +176,18 @@ def test_impulse_spreads_only_along_each_direction(centre: tuple[int, int]) -> N
 @pytest.mark.parametrize("size", [(1, 6), (2, 2), (5, 8), (8, 5), (7, 7)])
 def test_shear_makes_diagonals_columns_and_unshear_inverts(size: tuple[int, int]) -> None:
     h, w = size
-    x = torch.arange(1.0, h * w + 1).reshape(1, 1, h, w)
+    x = torch.arange(1.0, h * w + 1).reshape(1, 1, h, w)  # distinct values: each pixel is traceable
     ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    for direction, key in (("forward", ii - jj), ("backward", ii + jj)):
+    for direction, diagonal in (("forward", ii - jj), ("backward", ii + jj)):
         z = shear(x, direction)
         assert z.shape[-1] == w + h - 1
         assert torch.equal(unshear(z, direction, w), x)
-        assert z.count_nonzero() == h * w  # nothing duplicated or lost
-        for value in key.unique():  # each diagonal of x lands in one column of z
-            cols = {
-                int(torch.nonzero(z[0, 0] == x[0, 0][key == value][k])[0, 1]) for k in range(int((key == value).sum()))
-            }
-            assert len(cols) == 1
+        rows, cols = torch.nonzero(z[0, 0], as_tuple=True)
+        assert len(rows) == h * w  # nothing duplicated or lost
+        source = z[0, 0, rows, cols].long() - 1  # flat index of the pixel in x
+        assert torch.equal(rows, source // w)  # rows stay rows
+        for c in cols.unique():  # each column of z holds exactly one diagonal of x
+            assert diagonal.flatten()[source[cols == c]].unique().numel() == 1
 
 
 def test_transpose_conv_1d_matches_transpose_conv_shape_and_size() -> None:
