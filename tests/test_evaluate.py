@@ -115,3 +115,43 @@ def test_evaluate_bad_truth_is_one_line(tmp_path):
     assert res.exit_code == 1
     assert "Traceback" not in res.output
     assert not (tmp_path / "w" / "metrics.json").exists()
+
+
+def test_evaluate_on_vector_truth_with_graph_metrics(tmp_path):
+    import geopandas as gpd
+    from affine import Affine
+    from click.testing import CliRunner
+    from shapely.geometry import LineString
+
+    from roadmap_cli.cli import main
+    from roadmap_cli.grid import Grid
+    from roadmap_cli.labels import rasterize_roads
+
+    t = Affine(0.5, 0, 500000, 0, -0.5, 4000100)
+    grid = Grid.create("EPSG:32611", t, 400, 200)
+    lines = [LineString([(500010, 4000050), (500190, 4000050)]), LineString([(500100, 4000050), (500100, 4000010)])]
+    roads = gpd.GeoDataFrame({"lane_number": [2, 1]}, geometry=lines, crs="EPSG:32611")
+    roads.to_file(tmp_path / "truth.geojson", driver="GeoJSON")
+    mask = rasterize_roads(roads, grid)
+    assert mask.sum() > 0
+    _write_raster(tmp_path / "prob.tif", (mask * 255).astype(np.uint8), t)
+    wd = tmp_path / "work"
+    wd.mkdir()
+    roads[["geometry"]].to_file(wd / "roads.gpkg", layer="roads", driver="GPKG")
+    res = CliRunner().invoke(main, ["-w", str(wd), "evaluate", "--truth", str(tmp_path / "truth.geojson"),
+                                    "--pred", str(tmp_path / "prob.tif"), "--tile-size", "100"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((wd / "metrics.json").read_text())
+    assert m["iou_global"] == pytest.approx(1.0)
+    assert m["graph"]["length_f1"] == pytest.approx(1.0, abs=0.01)
+    assert m["graph"]["apls"] == pytest.approx(1.0, abs=0.01)
+    # the proposal keeps 90 m of 220 m; truth within its 5 m buffer: those 90 m plus 5 m beyond its east end
+    # on the horizontal road and the first 5 m of the vertical one
+    roads_half = gpd.GeoDataFrame(geometry=[LineString([(500010, 4000050), (500100, 4000050)])], crs="EPSG:32611")
+    roads_half.to_file(wd / "roads.gpkg", layer="roads", driver="GPKG")
+    res = CliRunner().invoke(main, ["-w", str(wd), "evaluate", "--truth", str(tmp_path / "truth.geojson"),
+                                    "--pred", str(tmp_path / "prob.tif"), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((wd / "metrics.json").read_text())
+    assert m["graph"]["length_recall"] == pytest.approx(100 / 220, abs=0.01)
+    assert m["graph"]["length_precision"] == pytest.approx(1.0, abs=0.01)
