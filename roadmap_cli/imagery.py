@@ -76,7 +76,10 @@ def build_vrt(files: list[Path], out_path: Path) -> None:
     width = int(round((max(rights) - left) / a))
     height = int(round((min(bottoms) - top) / e))
     has_alpha = first["count"] >= 4 and first["colorinterp"][3] == "alpha"
-    nbands = 4 if has_alpha else 3
+    # Without alpha or nodata, a synthetic alpha band (255 wherever a file covers the mosaic, 0 in gaps between
+    # files) keeps the gaps invalid instead of black-but-valid.
+    synth_alpha = not has_alpha and first["nodata"] is None
+    nbands = 4 if has_alpha or synth_alpha else 3
     lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
              f"  <SRS>{escape(first['crs'].to_wkt())}</SRS>",
              f"  <GeoTransform>{left!r}, {a!r}, 0.0, {top!r}, 0.0, {e!r}</GeoTransform>"]
@@ -89,13 +92,17 @@ def build_vrt(files: list[Path], out_path: Path) -> None:
         for f, info in zip(files, infos, strict=True):
             xoff = int(round((info["transform"].c - left) / a))
             yoff = int(round((info["transform"].f - top) / e))
-            src = "ComplexSource" if info["nodata"] is not None else "SimpleSource"
+            coverage = synth_alpha and b == 4
+            src = "ComplexSource" if info["nodata"] is not None or coverage else "SimpleSource"
             lines.append(f"    <{src}>")
             lines.append(f'      <SourceFilename relativeToVRT="0">{escape(str(f.resolve()))}</SourceFilename>')
-            lines.append(f"      <SourceBand>{b}</SourceBand>")
+            lines.append(f"      <SourceBand>{1 if coverage else b}</SourceBand>")
             size = f'xSize="{info["width"]}" ySize="{info["height"]}"'
             lines.append(f'      <SrcRect xOff="0" yOff="0" {size}/>')
             lines.append(f'      <DstRect xOff="{xoff}" yOff="{yoff}" {size}/>')
+            if coverage:
+                lines.append("      <ScaleOffset>255</ScaleOffset>")
+                lines.append("      <ScaleRatio>0</ScaleRatio>")
             if info["nodata"] is not None:
                 lines.append(f"      <NODATA>{info['nodata']!r}</NODATA>")
             lines.append(f"    </{src}>")

@@ -1,11 +1,14 @@
 """The tile-indexed GPS point store (`<workdir>/gps/`).
 
-Format, and why: one raw little-endian file of fixed-size records (`SAMPLE_DTYPE`) per grid tile
-(`tiles/<ty>_<tx>.bin`) plus `meta.json` (tile size, counts per tile) and `vehicles.json` (vehicle ids).
-Raw records append in a stream (ingest never holds the whole file in memory), a window query is one
-`np.fromfile` per touched tile with no decoding, and the files are readable from any language. Columnar
-formats (Parquet) would compress better but cost decode time on the hot path of training (thousands of
-window queries per epoch).
+Format (version 2), and why: `samples.bin` holds fixed-size little-endian records (`SAMPLE_DTYPE`) written as
+they stream in, a buffer at a time, each buffer sorted by grid tile; `index.npy` lists the extents, one row
+(tile id, first record, record count) per tile per buffer, sorted by tile; `meta.json` has the tile size and
+the count per tile, `vehicles.json` the vehicle ids. Ingest writes every record exactly once and never holds
+the whole input (a window query reads only the extents of the tiles it touches, from a read-only memory map,
+with no decoding), two files are created however many tiles there are (creating thousands of small files
+costs more than writing the data on common file systems), and the files are readable from any language.
+Columnar formats (Parquet) would compress better but cost decode time on the hot path of training (thousands
+of window queries per epoch). Version 1 stores (one `tiles/<ty>_<tx>.bin` file per tile) are still read.
 
 Positions are stored as float64 continuous pixel coordinates of the grid: exact to far below 0.1 pixel for
 any mosaic size (float64 holds 1e-6 pixel at a million pixels across).
@@ -13,6 +16,8 @@ any mosaic size (float64 holds 1e-6 pixel at a million pixels across).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -34,7 +39,8 @@ SAMPLE_DTYPE = np.dtype(
         ("bearing", "<f4"),  # degrees clockwise from north, [0, 360); NaN unknown
     ]
 )
-STORE_VERSION = 1
+STORE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_TILE_SIZE = 1024
 
 
@@ -43,62 +49,145 @@ def empty_samples(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=SAMPLE_DTYPE)
 
 
+def read_records_into(fh: io.BufferedReader | int, out: np.ndarray, offset: int) -> np.ndarray:
+    """Fill the contiguous array `out` with its records starting at record `offset` of an open file.
+
+    Positional reads (no shared file position, so safe from threads and after fork in data-loader workers)
+    into the caller's buffer: unlike a memory map, resident memory does not grow with the file.
+    """
+    fd = fh if isinstance(fh, int) else fh.fileno()
+    view = memoryview(out).cast("B")
+    pos, start = 0, offset * out.dtype.itemsize
+    while pos < view.nbytes:
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[pos:]], start + pos)
+        else:  # pragma: no cover - platforms without preadv
+            data = os.pread(fd, view.nbytes - pos, start + pos)
+            n = len(data)
+            view[pos:pos + n] = data
+        if n <= 0:
+            raise OSError(f"unexpected end of file reading {out.size} records at {offset}")
+        pos += n
+    return out
+
+
+def read_records(fh: io.BufferedReader | int, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
+    """`count` records of `dtype` at record `offset` of an open file, in a new writable array."""
+    return read_records_into(fh, np.empty(count, dtype=dtype), offset)
+
+
+def take_records(records: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """`records[index]` for a structured array, as whole-row byte copies (several times faster than numpy's
+    field-by-field gather for structured dtypes). `index` is an integer or boolean array."""
+    if index.dtype == np.bool_:
+        index = np.flatnonzero(index)
+    records = np.ascontiguousarray(records)
+    raw = records.view(np.uint8).reshape(records.size, records.dtype.itemsize)
+    return np.take(raw, index, axis=0).view(records.dtype).reshape(-1)
+
+
 class StoreWriter:
-    """Streams samples into tile files. Use as a context manager; the caller renames the folder into place."""
+    """Streams samples into a store folder. Use as a context manager; the caller renames the folder into place.
+
+    `append` buffers; every `buffer_bytes` the buffer is sorted by tile and appended to `samples.bin` as one
+    extent per tile. `close(vehicles)` writes the index and metadata.
+    """
 
     def __init__(self, path: str | os.PathLike[str], width: int, height: int, tile_size: int = DEFAULT_TILE_SIZE,
-                 buffer_bytes: int = 32 << 20) -> None:
+                 buffer_bytes: int = 16 << 20) -> None:
         self.path = Path(path)
         self.width, self.height, self.tile_size = int(width), int(height), int(tile_size)
+        if self.tile_size <= 0:
+            raise ValueError("tile_size must be positive")
         self.tiles_x = max(1, -(-self.width // self.tile_size))
         self.tiles_y = max(1, -(-self.height // self.tile_size))
-        self.counts = np.zeros(self.tiles_x * self.tiles_y, dtype=np.int64)
-        self._buffers: dict[int, list[np.ndarray]] = {}
+        self.counts: dict[int, int] = {}  # flat tile id -> samples
+        self._buffers: list[np.ndarray] = []
         self._buffered = 0
         self._buffer_bytes = buffer_bytes
-        (self.path / "tiles").mkdir(parents=True, exist_ok=True)
+        self._extents: list[np.ndarray] = []  # (E, 3) int64 blocks: tile id, first record, count
+        self._written = 0
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path / "samples.bin", "wb")  # noqa: SIM115 - closed in close()/__exit__
 
     def tile_ids(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """Flat tile index of each position (positions must lie inside the grid)."""
-        tx = np.floor_divide(col, self.tile_size).astype(np.int64)
-        ty = np.floor_divide(row, self.tile_size).astype(np.int64)
+        """Flat tile index of each position (positions must lie inside the grid: non-negative, so the integer
+        part is the floor and floor(floor(x) / n) == floor(x / n) exactly)."""
+        tx = np.asarray(col).astype(np.int64) // self.tile_size
+        ty = np.asarray(row).astype(np.int64) // self.tile_size
         return ty * self.tiles_x + tx
 
-    def append(self, samples: np.ndarray) -> None:
-        """Add samples (SAMPLE_DTYPE) lying inside the grid."""
+    def append(self, samples: np.ndarray, tile_sorted: bool = False) -> None:
+        """Add samples (SAMPLE_DTYPE) lying inside the grid.
+
+        `tile_sorted=True` promises they are already ordered by `tile_ids` (as `sort_by_tile` leaves them):
+        they are then written at once as one extent per tile, without buffering or sorting here.
+        """
         if samples.size == 0:
             return
         if samples.dtype != SAMPLE_DTYPE:
             raise TypeError("samples must have SAMPLE_DTYPE")
-        ids = self.tile_ids(samples["col"], samples["row"])
-        order = np.argsort(ids, kind="stable")
-        ids_sorted = ids[order]
-        uniq, starts = np.unique(ids_sorted, return_index=True)
-        ends = np.append(starts[1:], ids_sorted.size)
-        sorted_samples = samples[order]
-        for tid, s, e in zip(uniq.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            self._buffers.setdefault(tid, []).append(sorted_samples[s:e])
-            self.counts[tid] += e - s
+        if tile_sorted:
+            self.flush()
+            self._write_run(samples, self._checked_ids(samples), None)
+            return
+        self._buffers.append(samples)
         self._buffered += samples.nbytes
         if self._buffered >= self._buffer_bytes:
             self.flush()
 
-    def _tile_file(self, tid: int) -> Path:
-        ty, tx = divmod(tid, self.tiles_x)
-        return self.path / "tiles" / f"{ty}_{tx}.bin"
+    def sort_by_tile(self, samples: np.ndarray) -> np.ndarray:
+        """The samples reordered by tile (what `append(..., tile_sorted=True)` expects)."""
+        ids = self._checked_ids(samples)
+        return take_records(samples, self._tile_order(ids))
+
+    def _checked_ids(self, samples: np.ndarray) -> np.ndarray:
+        col, row = samples["col"], samples["row"]
+        inside = (col >= 0) & (col < self.width) & (row >= 0) & (row < self.height)
+        if not inside.all():
+            raise ValueError(f"{inside.size - np.count_nonzero(inside)} samples outside the grid "
+                             f"({self.width} x {self.height} pixels)")
+        return self.tile_ids(col, row)
+
+    def _tile_order(self, ids: np.ndarray) -> np.ndarray:
+        # Stable radix sort for 16-bit ids (the usual case), numpy's default sort otherwise.
+        if self.tiles_x * self.tiles_y <= 65536:
+            return np.argsort(ids.astype(np.uint16), kind="stable")
+        return np.argsort(ids)
+
+    def _write_run(self, samples: np.ndarray, ids: np.ndarray, order: np.ndarray | None) -> None:
+        """Write samples (in `order`, or as they are when None) as one extent per tile."""
+        if order is not None:
+            ids = ids[order]
+            samples = take_records(samples, order)
+        if ids.size > 1 and np.any(ids[1:] < ids[:-1]):
+            raise ValueError("samples are not sorted by tile")
+        starts = np.flatnonzero(np.diff(ids, prepend=-1))
+        uniq = ids[starts]
+        n = np.diff(np.append(starts, ids.size))
+        self._fh.write(np.ascontiguousarray(samples).data)
+        self._extents.append(np.stack([uniq, starts + self._written, n], axis=1).astype(np.int64))
+        self._written += ids.size
+        for t, c in zip(uniq.tolist(), n.tolist(), strict=True):
+            self.counts[t] = self.counts.get(t, 0) + c
 
     def flush(self) -> None:
-        """Append buffered samples to their tile files."""
-        for tid, parts in self._buffers.items():
-            with open(self._tile_file(tid), "ab") as fh:
-                for p in parts:
-                    fh.write(p.tobytes())
-        self._buffers.clear()
+        """Write the buffered samples as one extent per tile."""
+        if not self._buffers:
+            return
+        samples = self._buffers[0] if len(self._buffers) == 1 else np.concatenate(self._buffers)
+        self._buffers = []
         self._buffered = 0
+        ids = self._checked_ids(samples)
+        self._write_run(samples, ids, self._tile_order(ids))
 
     def close(self, vehicles: list[str], extra: dict | None = None) -> None:
-        """Flush and write meta.json and vehicles.json."""
+        """Flush and write index.npy, meta.json and vehicles.json."""
         self.flush()
+        self._fh.close()
+        index = np.concatenate(self._extents) if self._extents else np.zeros((0, 3), dtype=np.int64)
+        index = index[np.lexsort((index[:, 1], index[:, 0]))]
+        np.save(self.path / "index.npy", index)
         meta = {
             "version": STORE_VERSION,
             "tile_size": self.tile_size,
@@ -106,9 +195,8 @@ class StoreWriter:
             "height": self.height,
             "tiles_x": self.tiles_x,
             "tiles_y": self.tiles_y,
-            "n_samples": int(self.counts.sum()),
-            "counts": {f"{divmod(t, self.tiles_x)[0]}_{divmod(t, self.tiles_x)[1]}": int(c)
-                       for t, c in enumerate(self.counts.tolist()) if c},
+            "n_samples": int(self._written),
+            "counts": {f"{t // self.tiles_x}_{t % self.tiles_x}": int(c) for t, c in sorted(self.counts.items())},
             "dtype": [list(d) for d in SAMPLE_DTYPE.descr],
         }
         if extra:
@@ -120,6 +208,8 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._fh.closed:
+            self._fh.close()
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -136,8 +226,9 @@ class PointStore:
             self.meta = json.loads(meta_path.read_text())
         except ValueError as exc:
             raise RoadmapError(f"{meta_path}: corrupt point store metadata ({exc})") from exc
-        if self.meta.get("version") != STORE_VERSION:
-            raise RoadmapError(f"{meta_path}: point store version {self.meta.get('version')} is not supported")
+        self.version = self.meta.get("version")
+        if self.version not in READABLE_VERSIONS:
+            raise RoadmapError(f"{meta_path}: point store version {self.version} is not supported")
         self.tile_size = int(self.meta["tile_size"])
         self.tiles_x = int(self.meta["tiles_x"])
         self.tiles_y = int(self.meta["tiles_y"])
@@ -145,6 +236,23 @@ class PointStore:
         self.height = int(self.meta["height"])
         self.counts: dict[str, int] = self.meta.get("counts", {})
         self._vehicles: list[str] | None = None
+        self._index: np.ndarray | None = None
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        # Pickled into data-loader workers: reopen the file lazily there.
+        state = dict(self.__dict__)
+        state["_index"] = None
+        state["_fd"] = None
+        state["_fd_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None and getattr(self, "_fd_pid", None) == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @property
     def n_samples(self) -> int:
@@ -157,11 +265,41 @@ class PointStore:
             self._vehicles = json.loads((self.path / "vehicles.json").read_text())
         return self._vehicles
 
+    def _load(self) -> None:
+        try:
+            self._index = np.load(self.path / "index.npy")
+            self._size = (self.path / "samples.bin").stat().st_size // SAMPLE_DTYPE.itemsize
+        except (OSError, ValueError) as exc:
+            raise RoadmapError(f"{self.path}: corrupt or incomplete point store ({exc})") from exc
+        if self._index.ndim != 2 or self._index.shape[1] != 3 or (
+                self._index.size and int((self._index[:, 1] + self._index[:, 2]).max()) > self._size):
+            raise RoadmapError(f"{self.path}: corrupt point store index")
+
+    def _file(self) -> int:
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(self.path / "samples.bin", os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd_pid = os.getpid()
+        return self._fd
+
     def read_tile(self, ty: int, tx: int) -> np.ndarray:
-        """All samples of one tile."""
+        """All samples of one tile (a new array)."""
         if f"{ty}_{tx}" not in self.counts:
             return empty_samples()
-        return np.fromfile(self.path / "tiles" / f"{ty}_{tx}.bin", dtype=SAMPLE_DTYPE)
+        if self.version == 1:
+            return np.fromfile(self.path / "tiles" / f"{ty}_{tx}.bin", dtype=SAMPLE_DTYPE)
+        if self._index is None:
+            self._load()
+        assert self._index is not None
+        tid = ty * self.tiles_x + tx
+        keys = self._index[:, 0]
+        a, b = np.searchsorted(keys, tid, side="left"), np.searchsorted(keys, tid, side="right")
+        extents = self._index[a:b, 1:].tolist()
+        out = np.empty(sum(c for _, c in extents), dtype=SAMPLE_DTYPE)
+        fd, pos = self._file(), 0
+        for o, c in extents:  # one extent per ingest buffer that held samples of this tile
+            read_records_into(fd, out[pos:pos + c], o)
+            pos += c
+        return out
 
     def tiles(self) -> Iterator[tuple[int, int]]:
         """(ty, tx) of every non-empty tile."""
@@ -170,7 +308,7 @@ class PointStore:
             yield int(ty), int(tx)
 
     def query(self, col_off: float, row_off: float, width: float, height: float) -> np.ndarray:
-        """Samples with col in [col_off, col_off+width) and row in [row_off, row_off+height)."""
+        """Samples with col in [col_off, col_off+width) and row in [row_off, row_off+height) (a new array)."""
         c1, r1 = col_off + width, row_off + height
         tx0 = max(0, int(np.floor(col_off / self.tile_size)))
         ty0 = max(0, int(np.floor(row_off / self.tile_size)))
@@ -186,7 +324,7 @@ class PointStore:
                          and ty * self.tile_size >= row_off and (ty + 1) * self.tile_size <= r1)
                 if not inner:
                     c, r = t["col"], t["row"]
-                    t = t[(c >= col_off) & (c < c1) & (r >= row_off) & (r < r1)]
+                    t = take_records(t, (c >= col_off) & (c < c1) & (r >= row_off) & (r < r1))
                 parts.append(t)
         if not parts:
             return empty_samples()

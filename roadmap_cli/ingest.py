@@ -1,0 +1,952 @@
+"""The ingest stage: GPS files and imagery into the workdir's grid, imagery.vrt, point store and ingest report.
+
+GPS goes through two streaming passes so memory stays flat however large the input:
+
+1. Every file is read in Arrow record batches, parsed and validated (`roadmap_cli.gpsio`), and the valid rows
+   are appended, as fixed-size records, to a spill file on disk in runs sorted by bucket (vehicle code modulo
+   `N_BUCKETS`). A vehicle's rows thus all land in one bucket, whatever file or order they came in.
+2. Buckets are processed a group at a time (at most `group_rows` rows in memory): sorted by (vehicle, time),
+   duplicates of (vehicle, time) dropped (one is kept), each sample's interval since the same vehicle's
+   previous sample computed, missing speed and bearing derived from consecutive samples, positions projected
+   to continuous pixel coordinates of the grid (see `_Projector`), samples outside the grid dropped, and the
+   rest appended to the point store. A single bucket larger than `group_rows` (few vehicles, many samples)
+   is cut into time slices processed in order, carrying each vehicle's last sample across slices.
+
+Both passes run their numeric work on `WORKERS` threads (Arrow, numpy and pyproj release the GIL) and hand the
+results back in input order, so the store and the report do not depend on thread timing.
+
+Derived values, and why: speed (m/s) and bearing (degrees clockwise from north) of a sample come from the
+segment arriving at it (or, for a vehicle's first sample, the segment leaving it), measured on a local
+equirectangular approximation of the sphere (exact to well under 1 % for the short hops between fixes).
+Segments longer than `DERIVE_MAX_GAP_S` in time say nothing about the speed at either end and are not used;
+bearing needs at least `MIN_MOVE_M` of movement (below that, GPS noise decides the direction), and a vehicle
+that stands still keeps the bearing of its last movement. Only values missing from the input are filled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time as _time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roadmap_cli import __version__
+from roadmap_cli.errors import RoadmapError
+from roadmap_cli.gpsio import (
+    REASONS,
+    DropLog,
+    GpsFile,
+    ParsedBatch,
+    VehicleIndex,
+    describe_quantum,
+    expand_gps_paths,
+    guess_quantum,
+    parse_columns_spec,
+)
+from roadmap_cli.grid import Grid, utm_epsg_for
+from roadmap_cli.progress import progress
+from roadmap_cli.store import (
+    DEFAULT_TILE_SIZE,
+    SAMPLE_DTYPE,
+    StoreWriter,
+    empty_samples,
+    read_records,
+    take_records,
+)
+from roadmap_cli.workdir import Workdir, atomic_write_json
+
+log = logging.getLogger("roadmap")
+
+BUCKET_DTYPE = np.dtype([("vehicle", "<i4"), ("time", "<f8"), ("lon", "<f8"), ("lat", "<f8"),
+                         ("speed", "<f4"), ("bearing", "<f4")])
+N_BUCKETS = 256
+GROUP_ROWS = 250_000
+DERIVE_MAX_GAP_S = 300.0
+MIN_MOVE_M = 0.5
+EARTH_RADIUS_M = 6_371_008.8
+MAX_GRID_SIDE = 4_000_000  # pixels; a larger GPS-derived grid almost always means an outlier far away
+DEFAULT_RESOLUTION = 0.5
+WORKERS = 2  # threads for parsing batches and processing bucket groups (numpy, Arrow and pyproj release the GIL)
+
+
+@dataclass
+class IngestOptions:
+    """Everything `roadmap ingest` takes (see the command's help for the meaning of each)."""
+
+    gps: list[str] = field(default_factory=list)
+    imagery: str | None = None
+    columns: str | None = None
+    gps_crs: str | None = None
+    crs: str | None = None
+    resolution: float | None = None
+    speed_unit: str = "km/h"
+    max_bad_fraction: float = 0.5
+    overwrite: bool = False
+    tile_size: int = DEFAULT_TILE_SIZE
+    group_rows: int = GROUP_ROWS
+    block_size: int = 2 << 20
+
+
+# ---- spill files (pass 1 buckets, time slices) -------------------------------------------------------------
+class _Spill:
+    """Records appended in runs to one file, each run sorted by a small integer key, with an extent index.
+
+    One file, however many keys: creating many small files is slow on common file systems. Reading a key back
+    gathers its extents from every run with positional reads (not a memory map, whose pages would count as
+    resident memory growing with the input).
+    """
+
+    def __init__(self, path: Path, n_keys: int, buffer_bytes: int = 16 << 20) -> None:
+        self.path = path
+        self.n_keys = n_keys
+        self.counts = np.zeros(n_keys, dtype=np.int64)
+        self._buf: list[tuple[np.ndarray, np.ndarray]] = []
+        self._bytes = 0
+        self._limit = buffer_bytes
+        self._extents: list[list[tuple[int, int]]] = [[] for _ in range(n_keys)]
+        self._written = 0
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed in finish()
+        self._rh: io.BufferedReader | None = None
+
+    def add(self, rec: np.ndarray, keys: np.ndarray) -> None:
+        if rec.size == 0:
+            return
+        self._buf.append((rec, keys))
+        self._bytes += rec.nbytes
+        if self._bytes >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        rec = np.concatenate([r for r, _ in self._buf]) if len(self._buf) > 1 else self._buf[0][0]
+        keys = np.concatenate([k for _, k in self._buf]) if len(self._buf) > 1 else self._buf[0][1]
+        self._buf = []
+        self._bytes = 0
+        order = np.argsort(keys.astype(np.uint16) if self.n_keys <= 65536 else keys, kind="stable")
+        counts = np.bincount(keys, minlength=self.n_keys)
+        self._fh.write(take_records(rec, order).data)
+        starts = np.cumsum(counts) - counts + self._written
+        for k in np.flatnonzero(counts).tolist():
+            self._extents[k].append((int(starts[k]), int(counts[k])))
+        self.counts += counts
+        self._written += rec.size
+
+    def finish(self) -> None:
+        """Flush and switch to reading."""
+        self.flush()
+        self._fh.close()
+        self._rh = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+
+    def pieces(self, key: int) -> Iterator[np.ndarray]:
+        """The extents of one key, one at a time, each read into a new array (positional reads)."""
+        for o, c in self._extents[key]:
+            yield read_records(self._rh, BUCKET_DTYPE, o, c)
+
+    def read(self, keys: list[int]) -> np.ndarray:
+        """All records of these keys, in one new array."""
+        extents = [e for k in keys for e in self._extents[k]]
+        if not extents:
+            return np.empty(0, dtype=BUCKET_DTYPE)
+        if len(extents) == 1:
+            return read_records(self._rh, BUCKET_DTYPE, *extents[0])
+        out = np.empty(sum(c for _, c in extents), dtype=BUCKET_DTYPE)
+        pos = 0
+        for o, c in extents:
+            out[pos:pos + c] = read_records(self._rh, BUCKET_DTYPE, o, c)
+            pos += c
+        return out
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        if self._rh is not None:
+            self._rh.close()
+            self._rh = None
+
+
+def _bucket_records(pb: ParsedBatch) -> np.ndarray:
+    rec = np.empty(pb.vehicle.size, dtype=BUCKET_DTYPE)
+    rec["vehicle"] = pb.vehicle
+    rec["time"] = pb.time
+    rec["lon"] = pb.lon
+    rec["lat"] = pb.lat
+    rec["speed"] = pb.speed
+    rec["bearing"] = pb.bearing
+    return rec
+
+
+def _groups(counts: np.ndarray, max_rows: int) -> list[list[int]]:
+    """Consecutive non-empty buckets grouped so that each group holds at most `max_rows` (or one bucket)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
+    for i in np.flatnonzero(counts).tolist():
+        c = int(counts[i])
+        if cur and size + c > max_rows:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += c
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _time_slices(buckets: _Spill, key: int, max_rows: int, path: Path) -> tuple[_Spill, int]:
+    """Cut one oversized bucket into time slices of about `max_rows` records, one extent in memory at a time."""
+    n = int(buckets.counts[key])
+    step = max(1, n // 200_000)
+    sample = np.sort(np.concatenate([p["time"][::step] for p in buckets.pieces(key)]))
+    k = max(2, math.ceil(1.25 * n / max_rows))
+    edges = np.unique(sample[(np.arange(1, k) * sample.size) // k])
+    spill = _Spill(path, edges.size + 1)
+    for p in buckets.pieces(key):
+        spill.add(p, np.searchsorted(edges, p["time"], side="right"))
+    spill.finish()
+    return spill, edges.size + 1
+
+
+# ---- pass 2: per-vehicle derivation ------------------------------------------------------------------------
+def _vehicle_key(v: np.ndarray) -> np.ndarray:
+    """A dense sort key for vehicle codes: uint16 (radix-sortable) when the codes allow."""
+    vmin, vmax = int(v.min()), int(v.max())
+    if vmax - vmin < 65536:
+        return (v - vmin).astype(np.uint16)
+    present = np.zeros(vmax - vmin + 1, dtype=bool)
+    present[v - vmin] = True
+    rank = (np.cumsum(present) - 1)[v - vmin]
+    return rank.astype(np.uint16) if rank.max() < 65536 else rank
+
+
+def _sort_vehicle_time(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Order by (vehicle, time). Rows usually arrive in time order per vehicle (time-sorted or vehicle-sorted
+    files), so a stable sort by vehicle alone is tried first; a time sort is added only when needed."""
+    key = _vehicle_key(v)
+    order = np.argsort(key, kind="stable")
+    ks, ts = key[order], t[order]
+    if np.all((ts[1:] >= ts[:-1]) | (ks[1:] != ks[:-1])):
+        return order
+    o1 = np.argsort(t)
+    return o1[np.argsort(key[o1], kind="stable")]
+
+
+def _nearest_bearing(seg_bearing: np.ndarray, moved: np.ndarray, v: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per sample: the bearing of the last segment that moved (a stopped vehicle keeps its heading), else of
+    the next one; only segments of the same vehicle ending (starting) within DERIVE_MAX_GAP_S count."""
+    n = v.size
+    out = np.full(n, np.nan)
+    if n < 2 or not moved.any():
+        return out
+    m = n - 1
+    ff = np.maximum.accumulate(np.where(moved, np.arange(m), -1))  # last moving segment j <= k
+    bf = np.minimum.accumulate(np.where(moved, np.arange(m), m)[::-1])[::-1]  # first moving segment j >= k
+    i = np.arange(1, n)
+    j = ff  # for sample i the candidate is ff[i - 1]; the segment ends at sample j + 1
+    ok = (j >= 0) & (v[np.maximum(j, 0) + 1] == v[i]) & (t[i] - t[np.maximum(j, 0) + 1] <= DERIVE_MAX_GAP_S)
+    out[1:] = np.where(ok, seg_bearing[np.maximum(j, 0)], np.nan)
+    i = np.arange(m)
+    j = bf  # for sample i < n - 1 the candidate is bf[i]; the segment starts at sample j
+    jj = np.minimum(j, m - 1)
+    ok = (j < m) & (v[jj] == v[i]) & (t[jj] - t[i] <= DERIVE_MAX_GAP_S)
+    nxt = np.where(ok, seg_bearing[jj], np.nan)
+    lead = np.isnan(out[:-1])
+    out[:-1][lead] = nxt[lead]
+    return out
+
+
+def _iso(t: float) -> str:
+    if not np.isfinite(t):
+        return "?"
+    return datetime.fromtimestamp(float(t), tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+class _IntervalHist:
+    """Streaming interval percentiles: 0.1 s bins up to an hour, then logarithmic bins (20 per decade)."""
+
+    LIN_MAX = 3600.0
+    LIN_BINS = 36_000
+    LOG_BINS = 200
+
+    def __init__(self) -> None:
+        self.hist = np.zeros(self.LIN_BINS + self.LOG_BINS, dtype=np.int64)
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return
+        x = np.maximum(x, 0.0)
+        lin = x < self.LIN_MAX
+        idx = np.empty(x.size, dtype=np.int64)
+        idx[lin] = (x[lin] * 10.0).astype(np.int64)
+        big = x[~lin]
+        idx[~lin] = self.LIN_BINS + np.minimum(
+            (np.log10(big / self.LIN_MAX) * 20.0).astype(np.int64), self.LOG_BINS - 1)
+        self.hist += np.bincount(idx, minlength=self.hist.size)
+        self.count += x.size
+        self.total += float(x.sum())
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+
+    def _edge(self, i: int) -> float:
+        if i < self.LIN_BINS:
+            return i / 10.0
+        return self.LIN_MAX * 10.0 ** ((i - self.LIN_BINS) / 20.0)
+
+    def percentile(self, q: float) -> float | None:
+        if self.count == 0:
+            return None
+        cum = np.cumsum(self.hist)
+        i = int(np.searchsorted(cum, q / 100.0 * (self.count - 1), side="right"))
+        return round(min(max(self._edge(i), self.min), self.max), 3)
+
+    def merge(self, other: _IntervalHist) -> None:
+        self.hist += other.hist
+        self.count += other.count
+        self.total += other.total
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"count": self.count}
+        if self.count == 0:
+            return out
+        out["min"] = round(self.min, 3)
+        for q in (5, 25, 50, 75, 95):
+            out[f"p{q:02d}"] = self.percentile(q)
+        out["max"] = round(self.max, 3)
+        out["mean"] = round(self.total / self.count, 3)
+        out["note"] = "seconds since the same vehicle's previous sample; percentiles to 0.1 s below an hour"
+        return out
+
+
+@dataclass
+class _Partial:
+    """Statistics of one processed chunk (merged in order by the main thread)."""
+
+    kept: int = 0
+    vehicles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    intervals: _IntervalHist = field(default_factory=_IntervalHist)
+    speed: dict[str, int] = field(default_factory=lambda: {"from_input": 0, "derived": 0, "unknown": 0})
+    bearing: dict[str, int] = field(default_factory=lambda: {"from_input": 0, "derived": 0, "unknown": 0})
+    lon: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
+    lat: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
+    time: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
+
+
+class _Pass2Stats(_Partial):
+    """The running totals over all chunks."""
+
+    def __init__(self, n_vehicles: int) -> None:
+        super().__init__()
+        self.present = np.zeros(max(1, n_vehicles), dtype=bool)
+
+    def merge(self, p: _Partial) -> None:
+        self.kept += p.kept
+        self.present[p.vehicles] = True
+        self.intervals.merge(p.intervals)
+        for mine, theirs in ((self.speed, p.speed), (self.bearing, p.bearing)):
+            for k, c in theirs.items():
+                mine[k] += c
+        for mine, theirs in ((self.lon, p.lon), (self.lat, p.lat), (self.time, p.time)):
+            mine[0] = min(mine[0], theirs[0])
+            mine[1] = max(mine[1], theirs[1])
+
+
+@dataclass
+class _ChunkOut:
+    samples: np.ndarray  # SAMPLE_DTYPE, inside the grid
+    context: np.ndarray  # each vehicle's last record (for the next time slice)
+    drops: list[tuple[str, int, str]]
+    stats: _Partial
+
+
+class _Projector:
+    """Degrees to continuous grid pixels for pass 2, thread-safe.
+
+    pyproj costs about as much as parsing the CSV, so over the data's bounding box the projection is computed
+    exactly (pyproj, whole arrays) on a lattice of nodes about `LATTICE_CELL_PX` pixels apart and interpolated
+    bilinearly in between. The lattice is kept only when its error, measured against pyproj at every cell
+    centre (where bilinear interpolation is worst), is below `LATTICE_TOL_PX`; otherwise (very large extents,
+    strongly curved projections) and for points off the lattice, every point goes through pyproj, with one
+    transformer per thread (they are not thread-safe).
+    """
+
+    LATTICE_CELL_PX = 256
+    LATTICE_MAX_NODES = 1025
+    LATTICE_TOL_PX = 0.01
+    MIN_POINTS = 20_000  # below this, pyproj directly
+
+    def __init__(self, grid: Grid, bbox: tuple[float, float, float, float] | None = None) -> None:
+        self.grid = grid
+        self.identity = grid.epsg == 4326
+        self._local = threading.local()
+        self.lattice: tuple[np.ndarray, np.ndarray] | None = None
+        self.lattice_error_px: float | None = None
+        if bbox is not None and not self.identity:
+            self._build_lattice(*bbox)
+
+    def describe(self) -> dict[str, Any]:
+        if self.identity:
+            return {"method": "affine (grid in EPSG:4326)"}
+        if self.lattice is None:
+            return {"method": "pyproj per point"}
+        return {"method": "pyproj lattice + bilinear", "nodes": list(self.lattice[0].shape),
+                "max_error_px": self.lattice_error_px,
+                "note": f"chunks under {self.MIN_POINTS} points and points off the lattice go through pyproj"}
+
+    def _exact(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tr = getattr(self._local, "tr", None)
+        if tr is None:
+            from pyproj import Transformer
+
+            tr = self._local.tr = Transformer.from_crs("EPSG:4326", self.grid.crs, always_xy=True)
+        x, y = tr.transform(lon, lat, errcheck=False)
+        return self.grid.crs_to_pixel(x, y)
+
+    def _build_lattice(self, lo0: float, lo1: float, la0: float, la1: float) -> None:
+        if not (np.isfinite([lo0, lo1, la0, la1]).all() and lo1 > lo0 and la1 > la0):
+            return
+        corners_c, corners_r = self._exact(np.array([lo0, lo1, lo0, lo1]), np.array([la0, la0, la1, la1]))
+        span = max(np.ptp(corners_c), np.ptp(corners_r))
+        if not np.isfinite(span):
+            return
+        n = int(min(self.LATTICE_MAX_NODES, max(2, math.ceil(span / self.LATTICE_CELL_PX) + 1)))
+        lons = np.linspace(lo0, lo1, n)
+        lats = np.linspace(la0, la1, n)
+        glon, glat = np.meshgrid(lons, lats)
+        col, row = self._exact(glon.ravel(), glat.ravel())
+        col, row = col.reshape(n, n), row.reshape(n, n)
+        if not (np.isfinite(col).all() and np.isfinite(row).all()):
+            return
+        self._origin = (lo0, la0)
+        self._scale = ((n - 1) / (lo1 - lo0), (n - 1) / (la1 - la0))
+        self._n = n
+        self.lattice = (col, row)
+        self._coefficients()
+        clon, clat = np.meshgrid(0.5 * (lons[1:] + lons[:-1]), 0.5 * (lats[1:] + lats[:-1]))
+        ec, er = self._exact(clon.ravel(), clat.ravel())
+        ic, ir, _ = self._interpolate(clon.ravel(), clat.ravel())
+        err = float(max(np.max(np.abs(ic - ec)), np.max(np.abs(ir - er))))
+        self.lattice_error_px = round(err, 6)
+        if not err <= self.LATTICE_TOL_PX:
+            self.lattice = None
+
+    def _coefficients(self) -> None:
+        """Per cell and output: v = a + b*wx + (c + d*wx)*wy, with wx, wy the position inside the cell."""
+        assert self.lattice is not None
+        self._coef = []
+        for g in self.lattice:
+            v00, v10, v01, v11 = g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]
+            self._coef.append(tuple(np.ascontiguousarray(x).ravel() for x in
+                                    (v00, v10 - v00, v01 - v00, v11 - v10 - v01 + v00)))
+
+    def _interpolate(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bilinear lattice values and a mask of the points off the lattice (their values are meaningless)."""
+        m = self._n - 1  # cells per side
+        fx = lon - self._origin[0]
+        fx *= self._scale[0]
+        fy = lat - self._origin[1]
+        fy *= self._scale[1]
+        off = (fx < 0) | (fx > m) | (fy < 0) | (fy > m)
+        ix = np.clip(fx, 0, m - 1).astype(np.int32)
+        iy = np.clip(fy, 0, m - 1).astype(np.int32)
+        fx -= ix
+        fy -= iy
+        cell = iy * m
+        cell += ix
+        out = []
+        for a, b, c, d in self._coef:
+            v = d[cell]
+            v *= fx
+            v += c[cell]
+            v *= fy
+            t = b[cell]
+            t *= fx
+            v += t
+            v += a[cell]
+            out.append(v)
+        return out[0], out[1], off
+
+    def __call__(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.identity:
+            return self.grid.crs_to_pixel(lon, lat)
+        if self.lattice is None or lon.size < self.MIN_POINTS:
+            return self._exact(lon, lat)
+        col, row, off = self._interpolate(lon, lat)
+        if off.any():
+            col[off], row[off] = self._exact(lon[off], lat[off])
+        return col, row
+
+
+def _process_chunk(rec: np.ndarray, context: np.ndarray | None, project: _Projector, names: list[str],
+                   tile_sort: Callable[[np.ndarray], np.ndarray] | None = None) -> _ChunkOut:
+    """Pass 2 on one chunk of bucket records: sort by (vehicle, time), drop duplicates, intervals, derived
+    speed and bearing, projection to pixels, drop outside the grid. `context` holds each vehicle's last record
+    before this chunk (time slices); it shapes intervals and derived values but is not emitted again.
+    `tile_sort` (the store writer's `sort_by_tile`) orders the output for the store, here on a worker thread."""
+    grid = project.grid
+    drops: list[tuple[str, int, str]] = []
+    n_ctx = 0 if context is None else context.size
+    if n_ctx:
+        rec = np.concatenate([context, rec])
+    if rec.size == 0:
+        return _ChunkOut(empty_samples(), rec, drops, _Partial())
+    is_ctx = np.zeros(rec.size, dtype=bool)
+    is_ctx[:n_ctx] = True
+    order = _sort_vehicle_time(rec["vehicle"], rec["time"])
+    rec, is_ctx = take_records(rec, order), is_ctx[order]
+    v, t = rec["vehicle"], rec["time"]
+    dup = np.zeros(rec.size, dtype=bool)
+    dup[1:] = (v[1:] == v[:-1]) & (t[1:] == t[:-1])
+    nd = int(np.count_nonzero(dup))
+    if nd:
+        i = int(np.argmax(dup))
+        drops.append(("duplicate_vehicle_time", nd,
+                      f"vehicle {names[v[i]]!r} at {_iso(t[i])} (lat {rec['lat'][i]:.6f}, "
+                      f"lon {rec['lon'][i]:.6f}) twice"))
+        rec, is_ctx = take_records(rec, ~dup), is_ctx[~dup]
+        v, t = rec["vehicle"], rec["time"]
+    last = np.ones(rec.size, dtype=bool)
+    last[:-1] = v[1:] != v[:-1]
+    next_context = take_records(rec, last)
+
+    lon, lat = rec["lon"], rec["lat"]
+    same = v[1:] == v[:-1]
+    dt = t[1:] - t[:-1]
+    interval = np.full(rec.size, np.nan, dtype=np.float64)
+    interval[1:] = np.where(same, dt, np.nan)
+    speed = rec["speed"].copy()
+    bearing = rec["bearing"].copy()
+    need_speed = np.isnan(speed)
+    need_bearing = np.isnan(bearing)
+    if need_speed.any() or need_bearing.any():
+        latm = np.radians(0.5 * (lat[1:] + lat[:-1]))
+        dlon = np.radians(np.mod(lon[1:] - lon[:-1] + 180.0, 360.0) - 180.0)
+        dx = EARTH_RADIUS_M * dlon * np.cos(latm)
+        dy = EARTH_RADIUS_M * np.radians(lat[1:] - lat[:-1])
+        dist = np.hypot(dx, dy)
+        ok = same & (dt > 0) & (dt <= DERIVE_MAX_GAP_S)
+        if need_speed.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                seg_speed = np.where(ok, dist / np.where(ok, dt, 1.0), np.nan)
+            derived = np.full(rec.size, np.nan)
+            derived[1:] = seg_speed  # the segment arriving at the sample ...
+            lead = np.isnan(derived[:-1])
+            derived[:-1][lead] = seg_speed[lead]  # ... or, without one, the segment leaving it
+            fill = need_speed & np.isfinite(derived)
+            speed[fill] = derived[fill]
+        if need_bearing.any():
+            moved = ok & (dist >= MIN_MOVE_M)
+            seg_bearing = np.where(moved, np.mod(np.degrees(np.arctan2(dx, dy)), 360.0), np.nan)
+            derived = _nearest_bearing(seg_bearing, moved, v, t)
+            fill = need_bearing & np.isfinite(derived)
+            bearing[fill] = derived[fill]
+
+    if n_ctx:
+        out = ~is_ctx
+        rec, interval, speed, bearing = take_records(rec, out), interval[out], speed[out], bearing[out]
+        need_speed, need_bearing = need_speed[out], need_bearing[out]
+    v, t, lon, lat = rec["vehicle"], rec["time"], rec["lon"], rec["lat"]
+    col, row = project(lon, lat)
+    inside = (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
+    n_out = int(inside.size - np.count_nonzero(inside))
+    if n_out:
+        i = int(np.argmax(~inside))
+        drops.append(("outside_grid", n_out,
+                      f"vehicle {names[v[i]]!r} at {_iso(t[i])}: lat {lat[i]:.6f}, lon {lon[i]:.6f} is pixel "
+                      f"({col[i]:.1f}, {row[i]:.1f}) of the {grid.width} x {grid.height} grid"))
+        sel = np.flatnonzero(inside)
+        col, row, t, v, lon, lat = col[sel], row[sel], t[sel], v[sel], lon[sel], lat[sel]
+        interval, speed, bearing = interval[sel], speed[sel], bearing[sel]
+        need_speed, need_bearing = need_speed[sel], need_bearing[sel]
+    k = col.size
+    samples = np.empty(k, dtype=SAMPLE_DTYPE)
+    stats = _Partial()
+    if k:
+        samples["col"], samples["row"], samples["time"], samples["vehicle"] = col, row, t, v
+        samples["interval"], samples["speed"], samples["bearing"] = interval, speed, bearing
+        stats.kept = k
+        stats.vehicles = v[np.flatnonzero(np.diff(v, prepend=-1))]  # v is sorted by vehicle
+        stats.intervals.add(interval)
+        for d, values, need in ((stats.speed, speed, need_speed), (stats.bearing, bearing, need_bearing)):
+            known = np.isfinite(values)
+            d["from_input"] = int(np.count_nonzero(~need))
+            d["derived"] = int(np.count_nonzero(need & known))
+            d["unknown"] = int(k - np.count_nonzero(known))
+        for acc, x in ((stats.lon, lon), (stats.lat, lat), (stats.time, t)):
+            acc[0], acc[1] = float(x.min()), float(x.max())
+        if tile_sort is not None:
+            samples = tile_sort(samples)
+    return _ChunkOut(samples, next_context, drops, stats)
+
+
+# ---- the GPS part of ingest --------------------------------------------------------------------------------
+@dataclass
+class _Extent:
+    lon: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
+    lat: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
+    sum_lon: float = 0.0
+    sum_lat: float = 0.0
+    n: int = 0
+
+    def update(self, lon: np.ndarray, lat: np.ndarray) -> None:
+        if lon.size == 0:
+            return
+        self.lon = [min(self.lon[0], float(lon.min())), max(self.lon[1], float(lon.max()))]
+        self.lat = [min(self.lat[0], float(lat.min())), max(self.lat[1], float(lat.max()))]
+        self.sum_lon += float(lon.sum())
+        self.sum_lat += float(lat.sum())
+        self.n += lon.size
+
+
+def _parse_crs(value: str | None, option: str):
+    if value is None or not str(value).strip():
+        return None
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        return CRS.from_user_input(value)
+    except CRSError as exc:
+        raise RoadmapError(f"{option} {value}: not a coordinate reference system pyproj knows "
+                           "(try EPSG:32633 or a WKT/PROJ string)") from exc
+
+
+def grid_from_gps_extent(ext: _Extent, resolution: float, crs: Any = None, gps_crs: Any = None) -> Grid:
+    """The grid covering the GPS extent: `crs` (default the GPS CRS when projected, else the UTM zone)."""
+    if crs is None:
+        if gps_crs is not None and not gps_crs.is_geographic:
+            crs = gps_crs
+        else:
+            crs = utm_epsg_for(ext.sum_lon / ext.n, ext.sum_lat / ext.n)
+    k = np.linspace(0.0, 1.0, 33)
+    lo0, lo1 = ext.lon
+    la0, la1 = ext.lat
+    lon = np.concatenate([lo0 + (lo1 - lo0) * k, np.full(k.size, lo1), lo1 - (lo1 - lo0) * k, np.full(k.size, lo0)])
+    lat = np.concatenate([np.full(k.size, la0), la0 + (la1 - la0) * k, np.full(k.size, la1), la1 - (la1 - la0) * k])
+    grid = Grid.from_extent(lon, lat, resolution=resolution, crs=crs)
+    if max(grid.width, grid.height) > MAX_GRID_SIDE:
+        raise RoadmapError(
+            f"gps: the extent lon {lo0:.5f}..{lo1:.5f}, lat {la0:.5f}..{la1:.5f} at {resolution:g} m makes a "
+            f"{grid.width} x {grid.height} pixel grid; check for outlying fixes, or pass --imagery or a coarser "
+            "--resolution")
+    if max(grid.width, grid.height) > 200_000:
+        log.warning("the GPS extent makes a large grid (%d x %d pixels)", grid.width, grid.height)
+    return grid
+
+
+def _check_bad(rows_read: int, kept: int, drops: DropLog, max_bad_fraction: float, files: list[Path]) -> None:
+    what = files[0].name if len(files) == 1 else f"{len(files)} files"
+    if kept == 0:
+        raise RoadmapError(f"--gps {what}: no usable rows left of {rows_read}: {drops.summary()}"
+                           + _hint(drops))
+    frac = drops.total / rows_read if rows_read else 0.0
+    if frac > max_bad_fraction:
+        raise RoadmapError(f"--gps {what}: {drops.total} of {rows_read} rows ({100 * frac:.1f}%) dropped, more than "
+                           f"--max-bad-fraction {max_bad_fraction:g}: {drops.summary()}" + _hint(drops))
+
+
+def _hint(drops: DropLog) -> str:
+    worst = drops.worst(1)
+    if not worst:
+        return ""
+    hints = {
+        "coordinates_out_of_range": " (coordinates in projected metres? pass --gps-crs)",
+        "unparsable_coordinates": " (wrong columns? name them with --columns lat=..,lon=..)",
+        "unparsable_time": " (time must be epoch seconds/milliseconds or ISO 8601 text)",
+        "outside_grid": " (GPS and imagery cover different places?)",
+    }
+    return hints.get(worst[0][0], "")
+
+
+def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: Path, *,
+               overrides: dict[str, str | None], gps_crs: Any = None, speed_unit: str = "km/h",
+               max_bad_fraction: float = 0.5, crs: Any = None, resolution: float = DEFAULT_RESOLUTION,
+               tile_size: int = DEFAULT_TILE_SIZE, group_rows: int = GROUP_ROWS,
+               block_size: int = 2 << 20) -> tuple[Grid, dict[str, Any]]:
+    """Read GPS `files` into a point store at `store_dir` on `grid` (None: from the GPS extent).
+
+    `work_dir` holds the bucket files (deleted by the caller). Returns the grid and the GPS part of the report.
+    """
+    t0 = _time.perf_counter()
+    sources = [GpsFile(p, overrides, gps_crs=gps_crs, speed_unit=speed_unit, block_size=block_size) for p in files]
+    vehicles = VehicleIndex()
+    drops = DropLog()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
+    ext = _Extent()
+    q_lat: list[np.ndarray] = []
+    q_lon: list[np.ndarray] = []
+    workers = max(1, min(WORKERS, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        with progress(desc="reading GPS", unit="rows", unit_scale=True) as bar:
+            for src in sources:
+                first = True
+                for pb in src.batches(vehicles, drops, pool=pool if workers > 1 else None):
+                    buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
+                    ext.update(pb.lon, pb.lat)
+                    if first and pb.lat.size:
+                        q_lat.append(pb.lat[:20_000])
+                        q_lon.append(pb.lon[:20_000])
+                        first = False
+                    bar.update(pb.rows)
+                if src.rows_read == 0:
+                    log.warning("%s: no data rows", src.path)
+        buckets.finish()
+        rows_read = sum(s.rows_read for s in sources)
+        if rows_read == 0:
+            names = ", ".join(str(p) for p in files)
+            raise RoadmapError(f"--gps {names}: no data rows (only a header?)")
+        _check_bad(rows_read, buckets.total, drops, max_bad_fraction, files)
+        t1 = _time.perf_counter()
+
+        if grid is None:
+            grid = grid_from_gps_extent(ext, resolution, crs, gps_crs)
+        stats = _Pass2Stats(len(vehicles.names))
+        project = _Projector(grid, (ext.lon[0], ext.lon[1], ext.lat[0], ext.lat[1]))
+        names = vehicles.names
+        writer = StoreWriter(store_dir, grid.width, grid.height, tile_size=tile_size)
+        tile_sort = writer.sort_by_tile
+
+        def take(out: _ChunkOut) -> np.ndarray:
+            # In chunk order, so that the store and the report do not depend on thread timing.
+            writer.append(out.samples, tile_sorted=True)
+            for reason, k, example in out.drops:
+                drops.add(reason, k, example)
+            stats.merge(out.stats)
+            return out.context
+
+        queue: deque[tuple[Future[_ChunkOut], int]] = deque()
+        with progress(total=buckets.total, desc="indexing GPS", unit="rows", unit_scale=True) as bar:
+            for group in _groups(buckets.counts, group_rows):
+                n_group = int(sum(buckets.counts[i] for i in group))
+                if len(group) == 1 and n_group > group_rows:
+                    while queue:
+                        fut, n = queue.popleft()
+                        take(fut.result())
+                        bar.update(n)
+                    path = work_dir / f"slices{group[0]:04d}.bin"
+                    slices, n_slices = _time_slices(buckets, group[0], group_rows, path)
+                    context = None
+                    for k in range(n_slices):
+                        context = take(_process_chunk(slices.read([k]), context, project, names, tile_sort))
+                    slices.close()
+                    path.unlink()
+                    bar.update(n_group)
+                    continue
+                if workers == 1:
+                    take(_process_chunk(buckets.read(group), None, project, names, tile_sort))
+                    bar.update(n_group)
+                    continue
+                queue.append((pool.submit(_process_chunk, buckets.read(group), None, project, names, tile_sort),
+                              n_group))
+                while len(queue) > workers:
+                    fut, n = queue.popleft()
+                    take(fut.result())
+                    bar.update(n)
+            while queue:
+                fut, n = queue.popleft()
+                take(fut.result())
+                bar.update(n)
+    buckets.close()
+    _check_bad(rows_read, stats.kept, drops, max_bad_fraction, files)
+    t2 = _time.perf_counter()
+
+    mean_lat = ext.sum_lat / ext.n if ext.n else 0.0
+    lat_q = guess_quantum(np.concatenate(q_lat)) if q_lat else None
+    lon_q = guess_quantum(np.concatenate(q_lon)) if q_lon else None
+    resolution_stats = describe_quantum(lat_q, lon_q, mean_lat) if gps_crs is None else {
+        "y_step": lat_q, "x_step": lon_q, "unit": "input CRS units"}
+    resolution_stats["pixel_size_m"] = round(grid.pixel_size_m, 4)
+    writer.close(vehicles.names, extra={"crs_wkt": grid.crs_wkt, "transform": list(grid.transform)})
+    n_tiles = len(writer.counts)
+    report = {
+        "gps_files": [s.describe() for s in sources],
+        "rows_read": rows_read,
+        "rows_kept": stats.kept,
+        "dropped": {r: drops.counts[r] for r in REASONS},
+        "dropped_total": drops.total,
+        "bad_fraction": round(drops.total / rows_read, 6),
+        "drop_examples": drops.examples,
+        "vehicles": int(np.count_nonzero(stats.present)),
+        "extent": {
+            "lon_min": stats.lon[0], "lat_min": stats.lat[0], "lon_max": stats.lon[1], "lat_max": stats.lat[1],
+            "time_start": _iso(stats.time[0]), "time_end": _iso(stats.time[1]),
+        },
+        "interval_s": stats.intervals.summary(),
+        "resolution": resolution_stats,
+        "speed_m_s": {"input_unit": speed_unit if any(s.columns.speed for s in sources) else None, **stats.speed},
+        "bearing_deg": dict(stats.bearing),
+        "derivation": {"max_gap_s": DERIVE_MAX_GAP_S, "min_move_m": MIN_MOVE_M},
+        "projection": project.describe(),
+        "store": {"tile_size": tile_size, "n_samples": stats.kept, "tiles": n_tiles},
+        "timing_s": {"read": round(t1 - t0, 3), "index": round(t2 - t1, 3)},
+    }
+    return grid, report
+
+
+# ---- the whole stage ---------------------------------------------------------------------------------------
+def _commit(src: Path, dst: Path, trash: Path) -> None:
+    """Move a finished artifact (file or folder) into place, replacing what was there."""
+    if dst.is_dir() and not dst.is_symlink():
+        os.replace(dst, trash / f"old-{dst.name}")
+    os.replace(src, dst)
+
+
+def _grid_key(g: Grid) -> tuple:
+    return (g.width, g.height, tuple(round(v, 9) for v in g.transform), g.crs_wkt)
+
+
+def run_ingest(wd: Workdir, opts: IngestOptions) -> dict[str, Any]:
+    """Run the ingest stage into workdir `wd`; returns the report written to ingest_report.json."""
+    if not opts.gps and not opts.imagery:
+        raise RoadmapError("ingest: nothing to do; give --gps FILE (repeatable) and/or --imagery PATH")
+    if not 0.0 <= opts.max_bad_fraction <= 1.0:
+        raise RoadmapError(f"--max-bad-fraction {opts.max_bad_fraction}: expected a fraction in [0, 1]")
+    if opts.resolution is not None and not opts.resolution > 0:
+        raise RoadmapError(f"--resolution {opts.resolution}: expected a positive number of metres")
+    overrides = parse_columns_spec(opts.columns)
+    gps_crs = _parse_crs(opts.gps_crs, "--gps-crs")
+    crs = _parse_crs(opts.crs, "--crs")
+    if crs is not None and crs.is_geographic and not opts.imagery:
+        raise RoadmapError(f"--crs {opts.crs}: a grid without imagery needs a projected CRS in metres")
+    files = expand_gps_paths(opts.gps) if opts.gps else []
+    for f in files:
+        if not f.is_file():
+            raise RoadmapError(f"--gps {f}: not a file")
+
+    p_grid, p_vrt, p_gps, p_report = (wd.path(n) for n in ("grid", "imagery", "gps", "ingest_report"))
+    old_report: dict[str, Any] = {}
+    if p_report.exists():
+        with contextlib.suppress(OSError, ValueError):
+            old_report = json.loads(p_report.read_text())
+    keep_imagery_grid = bool(files) and not opts.imagery and wd.has_imagery() and p_grid.exists()
+    rebuild_from_record = bool(opts.imagery) and not files and wd.has_gps()
+    writes = [p_report]
+    if opts.imagery:
+        writes += [p_vrt, p_grid]
+    if files:
+        writes.append(p_gps)
+        if not keep_imagery_grid:
+            writes.append(p_grid)
+    existing = [p for p in dict.fromkeys(writes) if p.exists()]
+    if existing and not opts.overwrite:
+        if rebuild_from_record:
+            raise RoadmapError(f"{p_grid}: exists; adding or replacing imagery replaces the grid and rebuilds the "
+                               f"GPS store from the files recorded in {p_report.name}: pass --overwrite")
+        names = ", ".join(p.name for p in existing)
+        raise RoadmapError(f"{wd.root}: {names} exist(s); pass --overwrite to replace")
+    if (opts.imagery or keep_imagery_grid) and (opts.crs or opts.resolution):
+        log.warning("--crs/--resolution are ignored: the grid comes from the imagery")
+
+    created_root = not wd.root.exists()
+    wd.ensure()
+    tmp = wd.root / f".ingest.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    ok = False
+    try:
+        grid: Grid | None = None
+        imagery_info: dict[str, Any] | None = None
+        grid_source = "gps"
+        if opts.imagery:
+            from roadmap_cli.imagery import build_vrt, collect_imagery
+
+            img_files = collect_imagery(opts.imagery)
+            if len(img_files) == 1 and p_vrt.exists() and img_files[0].resolve() == p_vrt.resolve():
+                # --imagery names the workdir's own mosaic: keep it (wrapping it would make it refer to itself)
+                shutil.copyfile(p_vrt, tmp / "imagery.vrt")
+                img_files = [Path(f) for f in (old_report.get("imagery") or {}).get("files", [str(p_vrt)])]
+            else:
+                build_vrt(img_files, tmp / "imagery.vrt")
+            grid = Grid.from_raster(tmp / "imagery.vrt")
+            grid_source = "imagery"
+            imagery_info = {"path": str(Path(opts.imagery).resolve()), "files": [str(f.resolve()) for f in img_files]}
+        elif keep_imagery_grid:
+            grid = wd.load_grid()
+            grid_source = "imagery"
+            imagery_info = old_report.get("imagery")
+
+        settings = {
+            "gps": [str(f.resolve()) for f in files], "columns": opts.columns, "gps_crs": opts.gps_crs,
+            "speed_unit": opts.speed_unit, "max_bad_fraction": opts.max_bad_fraction,
+            "crs": opts.crs, "resolution": opts.resolution,
+        }
+        gps_report: dict[str, Any] | None = None
+        if rebuild_from_record:
+            old_grid = Grid.load(p_grid) if p_grid.exists() else None
+            assert grid is not None
+            if old_grid is not None and _grid_key(old_grid) == _grid_key(grid):
+                gps_report = {k: v for k, v in old_report.items() if k not in ("grid", "imagery", "created_utc")}
+                settings = old_report.get("settings", settings)
+            else:
+                settings = dict(old_report.get("settings") or {})
+                recorded = [Path(p) for p in settings.get("gps") or []]
+                missing = [p for p in recorded if not p.exists()]
+                if not recorded or missing:
+                    what = f"{missing[0]} is gone" if missing else f"{p_report.name} records no GPS files"
+                    raise RoadmapError(f"{wd.root}: the new imagery changes the grid, so the GPS store must be "
+                                       f"rebuilt, but {what}; pass --gps FILE(s) too")
+                log.warning("imagery changes the grid: re-ingesting GPS from %d recorded file(s)", len(recorded))
+                files = recorded
+                overrides = parse_columns_spec(settings.get("columns"))
+                gps_crs = _parse_crs(settings.get("gps_crs"), "--gps-crs")
+        if files:
+            grid, gps_report = ingest_gps(
+                files, grid, tmp / "gps", tmp / "work", overrides=overrides, gps_crs=gps_crs,
+                speed_unit=settings.get("speed_unit", opts.speed_unit),
+                max_bad_fraction=float(settings.get("max_bad_fraction", opts.max_bad_fraction)),
+                crs=crs, resolution=opts.resolution or DEFAULT_RESOLUTION, tile_size=opts.tile_size,
+                group_rows=opts.group_rows, block_size=opts.block_size)
+        assert grid is not None
+        report: dict[str, Any] = {"roadmap_version": __version__,
+                                  "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+        if gps_report is None:
+            gps_report = {"gps_files": [], "rows_read": 0, "rows_kept": 0, "dropped": dict.fromkeys(REASONS, 0),
+                          "dropped_total": 0, "vehicles": 0}
+        report.update(gps_report)
+        report["grid"] = {"source": grid_source, "width": grid.width, "height": grid.height, "epsg": grid.epsg,
+                          "pixel_size_m": round(grid.pixel_size_m, 4), "bounds": list(grid.bounds)}
+        report["imagery"] = imagery_info
+        report["settings"] = settings
+        grid.save(tmp / "grid.json")
+        atomic_write_json(tmp / "ingest_report.json", report)
+        # Commit: every artifact is complete under a temporary name; move them into place together.
+        trash = tmp / "trash"
+        trash.mkdir()
+        if opts.imagery:
+            _commit(tmp / "imagery.vrt", p_vrt, trash)
+        if (tmp / "gps").exists():
+            _commit(tmp / "gps", p_gps, trash)
+        _commit(tmp / "grid.json", p_grid, trash)
+        _commit(tmp / "ingest_report.json", p_report, trash)
+        ok = True
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not ok and created_root:
+            with contextlib.suppress(OSError):
+                wd.root.rmdir()  # only if empty
