@@ -64,7 +64,7 @@ def _check_weights_only_safe(obj: Any, where: str) -> None:
     """Refuse (at save time) anything `torch.load(weights_only=True)` would refuse at load time."""
     import torch
 
-    if isinstance(obj, torch.Tensor | _ALLOWED_LEAVES | torch.dtype | torch.device | torch.Size):
+    if isinstance(obj, (torch.Tensor, torch.dtype, torch.device, torch.Size, *_ALLOWED_LEAVES)):
         return
     if isinstance(obj, Mapping):
         for k, v in obj.items():
