@@ -115,3 +115,9 @@ def resolve_device(spec: str) -> Any:
             raise RoadmapError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
     raise RoadmapError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+
+
+def say(ctx: click.Context, message: str) -> None:
+    """A stage's one-line summary on stderr (stdout stays free for data); silent with -q."""
+    if ctx.obj is None or ctx.obj.verbosity >= 0:
+        click.echo(message, err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from roadmap_cli.options import common_options, record_config, resolve_device
+from roadmap_cli.options import common_options, record_config, resolve_device, say
 
 log = logging.getLogger("roadmap")
 
@@ -75,5 +75,5 @@ def cmd(ctx: click.Context, model_path: str | None, method: str, out_path: str |
                                   batch_size=batch_size, tta=int(tta), device=dev, workers=workers, inputs=inputs,
                                   cog=cog, overwrite=overwrite, source=str(path))
     if not stats.skipped:
-        log.info("predict: wrote %s (%d windows this run%s)", stats.output, stats.windows,
-                 f", resumed after {stats.bands_resumed} bands" if stats.bands_resumed else "")
+        resumed = f", resumed after {stats.bands_resumed} bands" if stats.bands_resumed else ""
+        say(ctx, f"predict: wrote {stats.output} ({stats.windows} windows this run{resumed})")

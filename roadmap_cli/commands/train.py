@@ -10,7 +10,7 @@ import logging
 import click
 
 from roadmap_cli.errors import RoadmapError
-from roadmap_cli.options import common_options, record_config
+from roadmap_cli.options import common_options, record_config, say
 
 log = logging.getLogger("roadmap")
 
@@ -126,5 +126,8 @@ def cmd(ctx: click.Context, labels: tuple[str, ...], data_workdirs: tuple[str, .
     wd.ensure()
     summary = run_training(cfg, wd, explicit=explicit)
     best = summary.get("best_validation") or {}
-    log.info("train: %d steps; best validation IoU tile-mean %s, global %s; wrote %s", summary["step"],
-             best.get("iou_tile_mean"), best.get("iou_global"), summary["model"])
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    say(ctx, f"train: {summary['step']} steps; best validation IoU per-tile mean {fmt(best.get('iou_tile_mean'))}, "
+             f"global {fmt(best.get('iou_global'))}; wrote {summary['model']}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from roadmap_cli.options import config_option, overwrite_option, record_config
+from roadmap_cli.options import config_option, overwrite_option, record_config, say
 
 log = logging.getLogger("roadmap")
 
@@ -78,5 +78,5 @@ def cmd(ctx: click.Context, mask: str | None, threshold: float, min_length: floa
     out = run_vectorize(ctx.obj.workdir, opts)
     if not out.skipped:
         g = out.summary["graph"]
-        log.info("vectorize: wrote %s (%d roads, %.1f km)", ", ".join(p.name for p in out.outputs.values()),
-                 g["edges"], g["length_m"] / 1000)
+        say(ctx, f"vectorize: {g['edges']} roads, {g['length_m'] / 1000:.1f} km; wrote "
+                 f"{', '.join(p.name for p in out.outputs.values())}")
