@@ -1,15 +1,17 @@
 """Benchmark the training data pipeline: time to make one 1024² training sample on one core.
 
-One sample = read the imagery window, query the GPS of the window (+ render margin), augment the GPS, render
-it, read the labels, flip/rotate all arrays, jitter colours, stack the network input (`TileMaker.make`, the
-code path `roadmap train` runs in its DataLoader workers). Goal: <= 15 ms. Measured over a synthetic 2048²
-city (`roadmap synth --size 2048` + `roadmap ingest` when those commands are available, else a built-in
-generator) in a temporary folder, with torch/BLAS at one thread.
+One sample = read the imagery window, query the GPS of the window (+ render margin), augment and turn the GPS
+samples, render them, read the labels, turn image / label / validity, jitter colours and stack the network input
+(`TileMaker.make`, the code path `roadmap train` runs in its DataLoader workers). Goal: <= 15 ms. Measured over
+a synthetic 2048² city (`roadmap synth --size 2048` + `roadmap ingest` when those commands are available, else a
+built-in generator) in a temporary folder, with torch/BLAS at one thread.
 
 Prints ONE JSON line: `sample_ms` (median), `ratio` = sample_ms / 15 ms goal, `imagery_read_ms` (the bare
 imagery read of the same windows, the baseline measured in this process) and `ratio_vs_imagery_read`,
-per-stage medians, the same with vector labels, and the CPU time of one training step (D-LinkNet34, 1D
-decoder, image+gps, batch 4 of 256²).
+per-stage medians (`TileMaker`'s own steps, timed one by one: imagery, gps_query_augment_turn, render, labels,
+turn_jitter_stack), the implementations in use (`augment_backend`, `render_backend`: numba or numpy, see
+ROADMAP_AUGMENT_BACKEND / ROADMAP_RENDER_BACKEND), the same sample time with vector labels, and the CPU time
+of one training step (D-LinkNet34, 1D decoder, image+gps, batch 4 of 256²).
 
     .venv/bin/python bench/train_pipeline.py [--samples 40] [--no-train-step]
 """
@@ -110,13 +112,15 @@ def _median_ms(values: list[float]) -> float:
     return round(1000.0 * statistics.median(values), 3)
 
 
+STAGES = ("imagery", "gps_query_augment_turn", "render", "labels", "turn_jitter_stack")
+
+
 def time_pipeline(wd: Path, labels: Path, tile: int, n: int, seed: int = 0) -> dict:
     from rasterio.windows import Window
 
-    from roadmap_cli.augment import GpsAugment, apply_geometric, colour_jitter, draw_geometric
-    from roadmap_cli.dataset import SourceSpec, TileSpec, TrainingData, read_imagery, turn_samples
-    from roadmap_cli.inputs import make_input
-    from roadmap_cli.render import RenderParams, render
+    from roadmap_cli.augment import GpsAugment
+    from roadmap_cli.dataset import SourceSpec, TileSpec, TrainingData
+    from roadmap_cli.render import RenderParams
 
     spec = TileSpec(tile_size=tile, inputs="image+gps", render=RenderParams(),
                     gps_augment=GpsAugment.from_spec("subsample,subres,perturb,omit"), image_augment=True)
@@ -126,9 +130,7 @@ def time_pipeline(wd: Path, labels: Path, tile: int, n: int, seed: int = 0) -> d
     windows = [train.window(i) for i in range(n)]
     maker.make(*windows[0], np.random.default_rng(0))  # open readers, warm caches
     h = maker.handles(0)
-    totals, reads, stages = [], [], {k: [] for k in ("imagery", "gps_query", "gps_augment_and_turn", "render",
-                                                     "labels", "geometric_image_label", "colour_jitter",
-                                                     "stack")}
+    totals, reads, stages = [], [], {k: [] for k in STAGES}
     n_samples = []
     walls = []
     for i, (src, col, row) in enumerate(windows):
@@ -139,33 +141,24 @@ def time_pipeline(wd: Path, labels: Path, tile: int, n: int, seed: int = 0) -> d
         t0 = CLOCK()
         h.imagery.ds.read([1, 2, 3], window=Window(col, row, tile, tile))  # baseline: bare windowed read
         reads.append(CLOCK() - t0)
-        # the same steps, timed one by one (as TileMaker.make does them)
+        # the same steps, timed one by one (TileMaker.make's own steps, in its order)
         rng = np.random.default_rng([seed, i])
-        m = spec.render.margin
         t = [CLOCK()]
-        k, flip = draw_geometric(rng)
-        rgb, valid = read_imagery(h.imagery, col, row, tile, tile)
+        k, flip = maker.draw_geometric(rng)
+        rgb, valid = maker.read_image(src, col, row, tile)
         t.append(CLOCK())
-        s = h.store.query(col - m, row - m, tile + 2 * m, tile + 2 * m)
-        n_samples.append(s.size)
+        s = maker.gps_samples(src, col, row, tile, rng, k, flip)
         t.append(CLOCK())
-        s = spec.gps_augment.apply(s, col, row, tile, tile, rng)
-        s = turn_samples(s, col, row, tile, k, flip)
-        t.append(CLOCK())
-        gps = render(s, col, row, tile, tile, spec.render)
+        gps = maker.render(s, col, row, tile)
         t.append(CLOCK())
         lab = h.labels.read(col, row, tile, tile)
         t.append(CLOCK())
-        rgb, lab = apply_geometric([rgb, lab], k, flip)
+        maker.assemble(rgb, gps, lab, valid, rng, k, flip)
         t.append(CLOCK())
-        rgb = colour_jitter(rgb, rng)
-        t.append(CLOCK())
-        make_input(rgb, gps, "image+gps")
-        np.ascontiguousarray(lab, dtype=np.uint8)
-        np.ascontiguousarray(valid, dtype=np.uint8)
-        t.append(CLOCK())
-        for k, a, b in zip(stages, t[:-1], t[1:], strict=True):
-            stages[k].append(b - a)
+        for name, a, b in zip(STAGES, t[:-1], t[1:], strict=True):
+            stages[name].append(b - a)
+        m = int(np.ceil(spec.render.margin))
+        n_samples.append(h.store.query(col - m, row - m, tile + 2 * m, tile + 2 * m).size)  # before augmentation
     return {"sample_ms": _median_ms(totals), "sample_wall_ms": _median_ms(walls), "imagery_read_ms": _median_ms(reads),
             "stages_ms": {k: _median_ms(v) for k, v in stages.items()},
             "gps_samples_per_window_median": int(statistics.median(n_samples))}
@@ -211,6 +204,19 @@ def time_train_step(size: int = 256, batch: int = 4, steps: int = 3) -> float:
     return round(statistics.median(times), 3)
 
 
+def augment_backend() -> str:
+    from roadmap_cli.augment import backend_name
+
+    return backend_name()
+
+
+def render_backend() -> str:
+    from roadmap_cli import render
+
+    name = getattr(render, "backend_name", None)
+    return name() if name is not None else "numpy"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048)
@@ -241,6 +247,8 @@ def main() -> None:
         "gps_samples_per_window": res["gps_samples_per_window_median"],
         "sample_ms_vector_labels": vec_ms,
         "threads": 1,
+        "augment_backend": augment_backend(),
+        "render_backend": render_backend(),
     }
     if not args.no_train_step:
         torch.set_num_threads(args.threads)

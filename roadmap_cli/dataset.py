@@ -122,50 +122,74 @@ class TileMaker:
 
         The random flip / quarter turn is drawn first and applied to the GPS *samples* before rendering
         (`turn_samples`), which renders exactly what turning the rendered channels would give, without copying
-        float channels through a transposing rotation; image, label and validity are turned as arrays.
+        float channels through a transposing rotation; image, label and validity are turned by the one copy
+        each gets anyway (`inputs.make_input`, `augment.turn_copy`). The colour jitter is drawn after the GPS
+        augmentation and applied by `make_input` while it normalises the image (one float conversion of the
+        image per sample, `augment.image_input`).
         """
+        t = int(size or self.spec.tile_size)
+        k, flip = self.draw_geometric(rng)
+        rgb, valid = self.read_image(src, col, row, t)
+        samples = self.gps_samples(src, col, row, t, rng, k, flip)
+        gps = self.render(samples, col, row, t)
+        label = self.handles(src).labels.read(col, row, t, t)
+        return self.assemble(rgb, gps, label, valid, rng, k, flip)
+
+    # The steps of `make`, in its order (public so that bench/train_pipeline.py can time each one).
+    def draw_geometric(self, rng: np.random.Generator | None) -> tuple[int, bool]:
+        """(quarter turns, flip) of a training sample; (0, False) without augmentation (no draws)."""
+        if rng is None or not self.spec.image_augment:
+            return 0, False
+        from roadmap_cli.augment import draw_geometric
+
+        return draw_geometric(rng)
+
+    def read_image(self, src: int, col: int, row: int, t: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """(rgb uint8 [3,t,t] or None without image inputs, valid bool [t,t])."""
+        h = self.handles(src)
+        if h.imagery is not None:
+            return h.imagery.read(col, row, t, t)
+        grid = self.sources[src].grid
+        valid = np.zeros((t, t), dtype=bool)
+        valid[max(0, -row):max(0, grid.height - row), max(0, -col):max(0, grid.width - col)] = True
+        return None, valid
+
+    def gps_samples(self, src: int, col: int, row: int, t: int, rng: np.random.Generator | None, k: int,
+                    flip: bool) -> np.ndarray | None:
+        """The window's GPS samples (render margin included), augmented and turned; None without GPS inputs."""
+        h = self.handles(src)
+        if h.store is None:
+            return None
+        m = int(math.ceil(self.spec.render.margin))
+        samples = h.store.query(col - m, row - m, t + 2 * m, t + 2 * m)
+        if rng is not None and self.spec.gps_augment is not None:
+            samples = self.spec.gps_augment.apply(samples, col, row, t, t, rng)
+        return turn_samples(samples, col, row, t, k, flip)
+
+    def render(self, samples: np.ndarray | None, col: int, row: int, t: int) -> np.ndarray | None:
+        if samples is None:
+            return None
         from roadmap_cli.render import render
 
-        spec = self.spec
-        t = int(size or spec.tile_size)
-        h = self.handles(src)
-        grid = self.sources[src].grid
-        geometric = rng is not None and spec.image_augment
-        k, flip = 0, False
-        if geometric:
-            from roadmap_cli.augment import draw_geometric
+        return render(samples, col, row, t, t, self.spec.render)
 
-            k, flip = draw_geometric(rng)
-        rgb = gps = None
-        if h.imagery is not None:
-            rgb, valid = read_imagery(h.imagery, col, row, t, t)
+    def assemble(self, rgb: np.ndarray | None, gps: np.ndarray | None, label: np.ndarray, valid: np.ndarray,
+                 rng: np.random.Generator | None, k: int, flip: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Turn image, label and validity by (k, flip), jitter the colours (drawn here, from `rng`, when
+        augmenting) and stack the input (the GPS channels come turned already)."""
+        from roadmap_cli.augment import ColourJitter, turn_copy
+
+        colour = None
+        if rng is not None and self.spec.image_augment and rgb is not None:
+            colour = ColourJitter.draw(rng)
+        x = make_input(rgb, gps, self.spec.inputs, self.spec.norm, colour=colour, turn=(k, flip))
+        y = turn_copy(np.ascontiguousarray(label, dtype=np.uint8), k, flip)[None]
+        if valid.all():
+            v = np.ones((1, *y.shape[1:]), dtype=np.uint8)
         else:
-            valid = np.zeros((t, t), dtype=bool)
-            valid[max(0, -row):max(0, grid.height - row), max(0, -col):max(0, grid.width - col)] = True
-        if h.store is not None:
-            m = int(math.ceil(spec.render.margin))
-            samples = h.store.query(col - m, row - m, t + 2 * m, t + 2 * m)
-            if rng is not None and spec.gps_augment is not None:
-                samples = spec.gps_augment.apply(samples, col, row, t, t, rng)
-            if geometric:
-                samples = turn_samples(samples, col, row, t, k, flip)
-            gps = render(samples, col, row, t, t, spec.render)
-        label = h.labels.read(col, row, t, t)
-        if geometric:
-            from roadmap_cli.augment import apply_geometric, colour_jitter
-
-            all_valid = bool(valid.all())
-            arrays = ([rgb] if rgb is not None else []) + [label] + ([] if all_valid else [valid])
-            arrays = apply_geometric(arrays, k, flip)
-            if rgb is not None:
-                rgb = colour_jitter(arrays[0], rng)
-            label = arrays[1 if rgb is not None else 0]
-            if not all_valid:
-                valid = arrays[-1]
-        x = make_input(rgb, gps, spec.inputs, spec.norm)
-        y = np.ascontiguousarray(label, dtype=np.uint8)[None]
-        v = np.ascontiguousarray(valid, dtype=np.uint8)[None]
-        return np.ascontiguousarray(x, dtype=np.float32), y, v
+            v = turn_copy(np.ascontiguousarray(valid).view(np.uint8), k, flip)[None]
+        return x, y, v
 
 
 def turn_samples(samples: np.ndarray, col_off: float, row_off: float, size: int, k: int,
@@ -199,22 +223,9 @@ def turn_samples(samples: np.ndarray, col_off: float, row_off: float, size: int,
 
 
 def read_imagery(reader: Any, col: int, row: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """`ImageryReader.read` with a fast path for windows inside the mosaic (every training tile).
-
-    rasterio's boundless reads go through a warped VRT and cost ~10x a plain windowed read; the mask read is
-    skipped when GDAL reports every pixel valid (no nodata, no alpha). Same result as `reader.read`.
-    """
-    ds = getattr(reader, "ds", None)
-    if ds is None or col < 0 or row < 0 or col + width > ds.width or row + height > ds.height:
-        return reader.read(col, row, width, height)
-    from rasterio.enums import MaskFlags
-    from rasterio.windows import Window
-
-    win = Window(col, row, width, height)
-    rgb = ds.read([1, 2, 3], window=win)
-    if MaskFlags.all_valid in ds.mask_flag_enums[0]:
-        return rgb, np.ones((height, width), dtype=bool)
-    return rgb, ds.read_masks(1, window=win) > 0
+    """`reader.read(col, row, width, height)`: kept for callers of the former fast path, which now lives in
+    `imagery.ImageryReader.read` itself."""
+    return reader.read(col, row, width, height)
 
 
 @dataclass

@@ -111,26 +111,109 @@ def build_vrt(files: list[Path], out_path: Path) -> None:
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def coverage_rects(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """Where a mosaic written by `build_vrt` with a synthetic coverage alpha is valid, without reading pixels.
+
+    Returns int64 [N, 4] rectangles (col0, row0, col1, row1) of the files' footprints when band 4 of the VRT is
+    exactly such a coverage band (only ComplexSources mapping every source pixel to a constant alpha > 0, no
+    nodata anywhere in the band), the mosaic's validity mask then being their union; None for anything else
+    (nodata, a real alpha band, a VRT from elsewhere), whose mask must be read.
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return None
+    if root.tag != "VRTDataset":
+        return None
+    bands = root.findall("VRTRasterBand")
+    alpha = [b for b in bands if b.get("band") == "4"]
+    if len(bands) != 4 or len(alpha) != 1 or (alpha[0].findtext("ColorInterp") or "").strip() != "Alpha":
+        return None
+    source_tags = {"SourceFilename", "SourceBand", "SrcRect", "DstRect", "ScaleOffset", "ScaleRatio"}
+    rects = []
+    for child in alpha[0]:
+        if child.tag == "ColorInterp":
+            continue
+        if child.tag != "ComplexSource" or any(c.tag not in source_tags for c in child):
+            return None
+        try:
+            ratio = float(child.findtext("ScaleRatio", ""))
+            offset = float(child.findtext("ScaleOffset", ""))
+            d = child.find("DstRect")
+            x, y, w, h = (float(d.get(k, "")) for k in ("xOff", "yOff", "xSize", "ySize"))
+        except (TypeError, ValueError, AttributeError):
+            return None
+        if ratio != 0.0 or not 0.5 <= offset < 255.5 or any(v != int(v) for v in (x, y, w, h)):
+            return None  # alpha must round to a constant in [1, 255]; rectangles on whole pixels
+        rects.append((int(x), int(y), int(x + w), int(y + h)))
+    return np.asarray(rects, dtype=np.int64).reshape(-1, 4)
+
+
 class ImageryReader:
-    """Windowed reads of the workdir's mosaic: RGB uint8 and a validity mask, zero outside the mosaic."""
+    """Windowed reads of the workdir's mosaic: RGB uint8 and a validity mask, zero outside the mosaic.
+
+    Reads are plain windowed reads of the part of the window inside the mosaic (rasterio's boundless reads go
+    through a warped VRT, ~10x slower), and the validity mask is read only when it has to be: a mosaic whose
+    band 1 GDAL reports all valid, or whose alpha is `build_vrt`'s synthetic coverage band (`coverage_rects`),
+    gets its mask from that knowledge instead of from pixels.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import rasterio
+        from rasterio.enums import MaskFlags
 
         self.path = Path(path)
         try:
             self.ds = rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as exc:
             raise RoadmapError(f"{self.path}: cannot open imagery ({str(exc).splitlines()[0]})") from exc
+        self.width, self.height = self.ds.width, self.ds.height
+        self._all_valid = MaskFlags.all_valid in self.ds.mask_flag_enums[0]
+        self._coverage = None
+        if not self._all_valid and self.ds.driver == "VRT":
+            rects = coverage_rects(self.path)
+            if rects is not None:
+                rects[:, [0, 2]] = rects[:, [0, 2]].clip(0, self.width)
+                rects[:, [1, 3]] = rects[:, [1, 3]].clip(0, self.height)
+                self._coverage = rects[(rects[:, 2] > rects[:, 0]) & (rects[:, 3] > rects[:, 1])]
 
     def read(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb uint8 [3, H, W], valid bool [H, W]) for a pixel window; outside the mosaic is invalid."""
+        """(rgb uint8 [3, H, W], valid bool [H, W]) for a pixel window; outside the mosaic is 0 and invalid."""
         from rasterio.windows import Window
 
-        win = Window(col_off, row_off, width, height)
-        rgb = self.ds.read([1, 2, 3], window=win, boundless=True, fill_value=0)
-        mask = self.ds.read_masks(1, window=win, boundless=True)
-        return rgb, mask > 0
+        col_off, row_off, width, height = int(col_off), int(row_off), int(width), int(height)
+        c0, r0 = max(col_off, 0), max(row_off, 0)
+        c1, r1 = min(col_off + width, self.width), min(row_off + height, self.height)
+        if (c0, r0, c1, r1) == (col_off, row_off, col_off + width, row_off + height) and width > 0 and height > 0:
+            rgb = self.ds.read([1, 2, 3], window=Window(col_off, row_off, width, height))
+            return rgb, self._valid(col_off, row_off, width, height)
+        rgb = np.zeros((3, max(height, 0), max(width, 0)), dtype=np.uint8)
+        valid = np.zeros((max(height, 0), max(width, 0)), dtype=bool)
+        if c0 < c1 and r0 < r1:
+            ys, xs = slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off)
+            rgb[:, ys, xs] = self.ds.read([1, 2, 3], window=Window(c0, r0, c1 - c0, r1 - r0))
+            valid[ys, xs] = self._valid(c0, r0, c1 - c0, r1 - r0)
+        return rgb, valid
+
+    def _valid(self, col: int, row: int, width: int, height: int) -> np.ndarray:
+        """Validity of a window inside the mosaic."""
+        if self._all_valid:
+            return np.ones((height, width), dtype=bool)
+        rects = self._coverage
+        if rects is None:
+            from rasterio.windows import Window
+
+            return self.ds.read_masks(1, window=Window(col, row, width, height)) > 0
+        c1, r1 = col + width, row + height
+        if ((rects[:, 0] <= col) & (rects[:, 1] <= row) & (rects[:, 2] >= c1) & (rects[:, 3] >= r1)).any():
+            return np.ones((height, width), dtype=bool)  # inside one file (every training tile of one image)
+        valid = np.zeros((height, width), dtype=bool)
+        hit = (rects[:, 0] < c1) & (rects[:, 2] > col) & (rects[:, 1] < r1) & (rects[:, 3] > row)
+        for a, b, c, d in rects[hit].tolist():
+            valid[max(b, row) - row:min(d, r1) - row, max(a, col) - col:min(c, c1) - col] = True
+        return valid
 
     def close(self) -> None:
         self.ds.close()

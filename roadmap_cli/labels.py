@@ -255,6 +255,14 @@ def _zero_outside(out: np.ndarray, col_off: int, row_off: int, grid) -> None:
     out[:, c1:] = 0
 
 
+def _road(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """uint8 0/1: label values > 0 that are not nodata."""
+    road = data > 0
+    if nodata is not None:
+        road &= data != nodata
+    return road.view(np.uint8)
+
+
 class _RasterLabels:
     """A label raster read onto the grid: direct windowed reads on the same grid, nearest warp otherwise."""
 
@@ -289,13 +297,23 @@ class _RasterLabels:
         from rasterio.warp import Resampling, reproject
         from rasterio.windows import Window
 
+        width, height = max(int(width), 0), max(int(height), 0)
+        fill = self.nodata if self.nodata is not None else 0
         if self.offset is not None:
-            win = Window(col_off + self.offset[0], row_off + self.offset[1], width, height)
-            fill = self.nodata if self.nodata is not None else 0
-            data = self.ds.read(1, window=win, boundless=True, fill_value=fill)
+            # Same grid: a plain windowed read of the part inside the raster (no boundless read through a warped
+            # VRT); the rest stays 0, as nodata / outside the labels.
+            c, r = col_off + self.offset[0], row_off + self.offset[1]
+            c0, r0 = max(c, 0), max(r, 0)
+            c1, r1 = min(c + width, self.ds.width), min(r + height, self.ds.height)
+            if (c0, r0, c1, r1) == (c, r, c + width, r + height) and width and height:
+                out = _road(self.ds.read(1, window=Window(c, r, width, height)), self.nodata)
+            else:
+                out = np.zeros((height, width), dtype=np.uint8)
+                if c0 < c1 and r0 < r1:
+                    data = self.ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+                    out[r0 - r:r1 - r, c0 - c:c1 - c] = _road(data, self.nodata)
         else:
-            data = np.zeros((int(height), int(width)), dtype=self.ds.dtypes[0])
-            fill = self.nodata if self.nodata is not None else 0
+            data = np.zeros((height, width), dtype=self.ds.dtypes[0])
             if fill:
                 data[:] = fill
             reproject(
@@ -304,10 +322,7 @@ class _RasterLabels:
                 dst_crs=self.grid.crs_wkt, resampling=Resampling.nearest,
                 src_nodata=self.nodata, dst_nodata=fill,
             )
-        road = data > 0
-        if self.nodata is not None:
-            road &= data != self.nodata
-        out = road.astype(np.uint8)
+            out = _road(data, self.nodata)
         _zero_outside(out, col_off, row_off, self.grid)
         return out
 

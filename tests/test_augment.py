@@ -206,3 +206,133 @@ def test_colour_jitter() -> None:
     np.testing.assert_array_equal(colour_jitter(rgb, np.random.default_rng(3)), outs[3])
     same = colour_jitter(rgb, rng, brightness=0, contrast=0, saturation=0)
     np.testing.assert_array_equal(same, rgb)
+
+
+# ---- fast turned copies and the fused image input (numba kernels and their numpy equivalents) -----------------
+
+def _numba_kernels():
+    try:
+        from roadmap_cli import _augment_numba
+    except ImportError:  # numba is optional: the numpy path is tested on its own
+        return None
+    return _augment_numba
+
+
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run a test with the numpy path and, where numba imports, with the compiled kernels."""
+    from roadmap_cli import augment
+
+    jit = None
+    if request.param == "numba":
+        jit = _numba_kernels()
+        if jit is None:
+            pytest.skip("numba not installed (optional): only the numpy path exists here")
+    monkeypatch.setattr(augment, "_BACKEND", [jit])
+    return request.param
+
+
+def _ref_jitter(rgb: np.ndarray, fb: float, fc: float, fs: float) -> np.ndarray:
+    """The colour jitter maths step by step (brightness, saturation about each pixel's grey, contrast about
+    the mean grey of the non-empty pixels, clip; empty pixels stay 0), float32, not rounded."""
+    x = rgb.astype(np.float32)
+    empty = ~rgb.any(axis=0)
+    x *= np.float32(fb)
+    luma = np.float32(0.299) * x[0] + np.float32(0.587) * x[1] + np.float32(0.114) * x[2]
+    mean = np.float32(luma[~empty].mean()) if (~empty).any() else np.float32(0.0)
+    x = (x - luma) * np.float32(fs) + luma
+    x = (x - mean) * np.float32(fc) + mean
+    np.clip(x, 0, 255, out=x)
+    x[:, empty] = 0
+    return x
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (64, 64), (1, 40, 40), (2, 16, 24), (60, 60), (3, 20, 12)])
+def test_turn_copy_equals_the_turned_view(backend, shape):
+    """Byte arrays with sides that are multiples of 8 take the compiled path, the others numpy: all equal."""
+    from roadmap_cli.augment import turn_copy, turn_views
+
+    a = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    for arr in (a, a > 128, a.astype(np.float32)):
+        for k in range(4):
+            for flip in (False, True):
+                got = turn_copy(arr, k, flip)
+                want = turn_views([arr], k, flip)[0]
+                assert got.dtype == arr.dtype and got.flags.c_contiguous
+                np.testing.assert_array_equal(got, want)
+                assert not np.shares_memory(got, arr)
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (3, 36, 36), (3, 16, 24)])
+def test_image_input_equals_jitter_then_normalise(backend, shape):
+    """Turned, jittered and normalised in one go == the jitter maths, then turn, then (v / 255 - mean) / std."""
+    from roadmap_cli.augment import ColourJitter, image_input, turn_views
+
+    rng = np.random.default_rng(shape[1])
+    rgb = rng.integers(0, 256, shape, dtype=np.uint8)
+    rgb[:, :3, :5] = 0  # no imagery
+    rgb[0, 5, 5] = 0  # black in one band only: not empty
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    scale, offset = 1 / (255 * std), -mean / std
+    for jitter in (None, ColourJitter(1.08, 0.92, 1.1), ColourJitter(0.93, 1.1, 0.9), ColourJitter.draw(rng)):
+        for k in range(4):
+            for flip in (False, True):
+                if k % 2 and shape[1] != shape[2]:
+                    continue
+                want = rgb.astype(np.float32) if jitter is None else _ref_jitter(
+                    rgb, jitter.brightness, jitter.contrast, jitter.saturation)
+                want = (turn_views([want], k, flip)[0] / 255.0 - mean[:, None, None]) / std[:, None, None]
+                out = np.full(want.shape, np.nan, dtype=np.float32)
+                got = image_input(rgb, out, k, flip, jitter, scale, offset)
+                assert got is out
+                np.testing.assert_allclose(got, want, atol=1e-4)
+                empty = turn_views([~rgb.any(axis=0)], k, flip)[0]
+                np.testing.assert_allclose(got[:, empty], np.repeat(offset[:, None], empty.sum(), 1), atol=1e-6)
+
+
+def test_numba_and_numpy_paths_give_identical_floats(monkeypatch):
+    """The compiled kernels do numpy's float32 operations in numpy's order: bit-identical results."""
+    from roadmap_cli import augment
+
+    jit = _numba_kernels()
+    if jit is None:
+        pytest.skip("numba not installed (optional)")
+    rgb = np.random.default_rng(5).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    rgb[:, 10:20, 30:] = 0
+    jitter = augment.ColourJitter(1.07, 0.94, 1.09)
+    outs = []
+    for b in (None, jit):
+        monkeypatch.setattr(augment, "_BACKEND", [b])
+        outs.append([augment.image_input(rgb, np.empty((3, 48, 48), np.float32), k, f, jitter, (0.017, 0.018, 0.019),
+                                         (-2.0, -1.9, -1.8)) for k in range(4) for f in (False, True)])
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_colour_jitter_matches_the_jitter_maths(backend):
+    rgb = np.random.default_rng(13).integers(0, 256, (3, 32, 40), dtype=np.uint8)
+    rgb[:, 0] = 0
+    for seed in range(5):
+        got = colour_jitter(rgb, np.random.default_rng(seed))
+        fb, fc, fs = 1.0 + np.random.default_rng(seed).uniform(-1.0, 1.0, 3) * 0.1
+        want = _ref_jitter(rgb, fb, fc, fs)
+        assert np.abs(got.astype(np.float32) - want).max() <= 0.5 + 1e-3  # rounded to whole values
+
+
+def test_backend_choice(monkeypatch):
+    from roadmap_cli import augment
+
+    monkeypatch.setattr(augment, "_BACKEND", [])
+    monkeypatch.setenv("ROADMAP_AUGMENT_BACKEND", "numpy")
+    assert augment.backend_name() == "numpy"
+    monkeypatch.setattr(augment, "_BACKEND", [])
+    monkeypatch.setenv("ROADMAP_AUGMENT_BACKEND", "fast")
+    with pytest.raises(RoadmapError, match="ROADMAP_AUGMENT_BACKEND"):
+        augment.backend_name()
+    monkeypatch.setattr(augment, "_BACKEND", [])
+    monkeypatch.setenv("ROADMAP_AUGMENT_BACKEND", "auto")
+    assert augment.backend_name() == ("numba" if _numba_kernels() is not None else "numpy")

@@ -236,3 +236,32 @@ def test_bad_inputs(tmp_path, grid):
     bad_tif.write_bytes(b"not a tiff")
     with pytest.raises(RoadmapError, match="bad.tif"):
         LabelSource(bad_tif, grid)
+
+
+@pytest.mark.parametrize("nodata", [None, 7])
+def test_raster_label_windows_on_an_offset_raster(grid, tmp_path, nodata):
+    """A label raster on the grid's pixels but another extent (whole-pixel offset): windowed reads inside,
+    across and outside both extents == the raster's road pixels (> 0, not nodata) where raster and grid
+    overlap, 0 elsewhere."""
+    rng = np.random.default_rng(3)
+    h, w, dc, dr = 520, 580, 20, -10  # raster pixel (col + dc, row + dr) is grid pixel (col, row)
+    data = rng.choice(np.array([0, 1, 2, 7, 255], dtype=np.uint8), size=(h, w))
+    p = tmp_path / "offset.tif"
+    t = Affine(0.5, 0.0, X0 - dc * 0.5, 0.0, -0.5, Y0 + dr * 0.5)
+    with rasterio.open(p, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=t, nodata=nodata, tiled=True, blockxsize=128, blockysize=128) as ds:
+        ds.write(data, 1)
+    road = (data > 0) & ((data != nodata) if nodata is not None else True)
+    src = LabelSource(p, grid)
+    assert src._impl.offset == (dc, dr)
+    for col, row, ww, hh in [(0, 0, grid.width, grid.height), (100, 50, 256, 256), (-30, -20, 128, 64),
+                             (560, 470, 64, 64), (590, 10, 40, 30), (700, 700, 16, 16), (5, 5, 0, 0)]:
+        gc, gr = np.meshgrid(np.arange(col, col + ww), np.arange(row, row + hh))
+        inside = (gc >= 0) & (gc < grid.width) & (gr >= 0) & (gr < grid.height)
+        rc, rr = gc + dc, gr + dr
+        inside &= (rc >= 0) & (rc < w) & (rr >= 0) & (rr < h)
+        want = np.zeros((hh, ww), dtype=np.uint8)
+        want[inside] = road[rr[inside], rc[inside]]
+        got = src.read(col, row, ww, hh)
+        assert got.dtype == np.uint8 and got.shape == (hh, ww)
+        np.testing.assert_array_equal(got, want)
