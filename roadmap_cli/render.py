@@ -17,25 +17,38 @@ A sample lies in pixel ``(floor(col - col_off), floor(row - row_off))``. Samples
 ``RenderParams.margin`` pixels of it feed the edge pixels, so windows rendered separately equal one big render
 (callers query the point store over the window grown by ``margin`` on each side).
 
-Speed (`bench/render.py`): one pass over the samples in cache-sized chunks computes each sample's flat pixel
+Two implementations give the same values (to float32 rounding; `tests/test_render.py` checks both against a
+float64 reference), chosen once per process by `_backend()`: a compiled one (`roadmap_cli._render_numba`, numba
+is always installed with the package since sknw needs it), and this module's numpy one, used where numba is
+missing (the GPU boxes' minimal environment) or when ``ROADMAP_RENDER_BACKEND=numpy``.
+
+Speed (`bench/render.py`, density + interval of a 1024² window from 1 M samples, against a bare ``np.bincount``
+of the same pixel indices on the shared 2-core box): numpy ~8-10x the bincount, numba ~4-5x (10 ms; the first
+use in a process loads the compiled kernels from numba's disk cache in ~0.4 s plus ~0.4 s to import numba,
+or compiles them in ~10 s when there is no cache yet). The compiled renderer is bound by memory traffic: one
+pass over the 40-byte sample records that buckets the samples by bands of canvas rows (~55 %), then per band
+the additions into a cache-sized canvas (~20 %) and the fused smoothing and output (~20 %).
+
+The numpy implementation: one pass over the samples in cache-sized chunks computes each sample's flat pixel
 index and reads its values; one ``np.add.at`` per accumulated quantity (count, and the value sums of each mean
 channel) adds straight into a float32 canvas (as fast as ``np.bincount`` here, with no float64 result to
 convert); the separable Gaussian is a sum of shifted 1-D slices of the flattened canvas (a horizontal tap is a
 shift by one element, a vertical tap a shift by one canvas row), so every array operation runs on long
 contiguous memory. Scratch buffers are reused between calls of a thread. No Python loop runs per sample.
-Measured on a 2-core box, density + interval of a 1024² window from 1 M samples takes ~9 bare ``np.bincount``
-calls of the same indices: reading three fields out of 40-byte records (strided loops, ~3 bincounts), two
-scatters (~3), and ~15 full-window float32 passes for the smoothing, log, division (~3). Fusing the gather with
-the scatters per chunk measured slower (the chunks' record traffic evicts the canvas).
+Its ~9 bincounts: reading three fields out of 40-byte records (strided loops, ~3 bincounts), two scatters (~3),
+and ~15 full-window float32 passes for the smoothing, log, division (~3).
 
-This module imports only numpy (and roadmap_cli.errors, i.e. click), so GPU boxes and data-loader workers can
-use it without rasterio, pyproj or torch.
+This module imports only numpy (and roadmap_cli.errors, i.e. click; numba only on first use), so GPU boxes and
+data-loader workers can use it without rasterio, pyproj or torch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -206,25 +219,10 @@ def render(samples: np.ndarray, col_off: float, row_off: float, width: int, heig
         samples = samples.reshape(-1)
     if samples.shape[0] == 0:
         return np.zeros((params.n_channels, h, w), dtype=np.float32)
-    if params.mode == "binary":
-        r = params.binary_radius
-        weights2d = disk(r).astype(np.float64)
-        taps = None
-    else:
-        # Taps with centre 1 save a multiply per pass; the normalised kernel is g[r]**2 * outer(u, u), and
-        # that factor is the weight each sample adds to the count (values are scaled alike, means unchanged).
-        g = gaussian_taps(params.kernel_size, params.sigma)
-        r = g.shape[0] // 2
-        u = g / g[r]
-        weights2d = np.outer(u, u) * g[r] ** 2
-        taps = u.astype(np.float32)
-    lay = _Layout(w, h, r)
-    canvas, fix = _accumulate(samples, col_off, row_off, lay, plan, need, weights2d)
-    if taps is None:
-        v = _smooth_footprint(canvas, weights2d > 0, lay)
-    else:
-        v = _smooth_separable(canvas, taps, lay)
-    return _finish(v, fix, params, plan, lay, weights2d)
+    jit = _backend()
+    if jit is not None:
+        return _render_numba(jit, samples, float(col_off), float(row_off), w, h, params)
+    return _render_numpy(samples, col_off, row_off, w, h, params, plan, need)
 
 
 def kde_margin(kernel_size: int, sigma: float | None = None) -> int:
@@ -253,6 +251,30 @@ def kde(samples: np.ndarray, col_off: float, row_off: float, width: int, height:
 # internals
 
 
+def _render_numpy(samples: np.ndarray, col_off: float, row_off: float, w: int, h: int, params: RenderParams,
+                  plan: list[tuple[str, str, float]], need: tuple[str, ...]) -> np.ndarray:
+    """The numpy implementation of `render` (arguments already checked; at least one sample)."""
+    if params.mode == "binary":
+        r = params.binary_radius
+        weights2d = disk(r).astype(np.float64)
+        taps = None
+    else:
+        # Taps with centre 1 save a multiply per pass; the normalised kernel is g[r]**2 * outer(u, u), and
+        # that factor is the weight each sample adds to the count (values are scaled alike, means unchanged).
+        g = gaussian_taps(params.kernel_size, params.sigma)
+        r = g.shape[0] // 2
+        u = g / g[r]
+        weights2d = np.outer(u, u) * g[r] ** 2
+        taps = u.astype(np.float32)
+    lay = _Layout(w, h, r)
+    canvas, fix = _accumulate(samples, col_off, row_off, lay, plan, need, weights2d)
+    if taps is None:
+        v = _smooth_footprint(canvas, weights2d > 0, lay)
+    else:
+        v = _smooth_separable(canvas, taps, lay)
+    return _finish(v, fix, params, plan, lay, weights2d)
+
+
 class _Workspace(threading.local):
     """Per-thread scratch buffers reused across calls.
 
@@ -264,6 +286,7 @@ class _Workspace(threading.local):
 
     def __init__(self) -> None:
         self.bufs: dict[str, np.ndarray] = {}
+        self.zero: np.ndarray | None = None  # the compiled path's canvas, all zeros between calls
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dt = np.dtype(dtype)
@@ -279,8 +302,207 @@ _WS = _Workspace()
 
 
 def release_workspace() -> None:
-    """Free this thread's rendering scratch buffers."""
+    """Free this thread's rendering scratch buffers (both implementations')."""
     _WS.bufs.clear()
+    _WS.zero = None
+
+
+_BACKEND_ENV = "ROADMAP_RENDER_BACKEND"
+_BACKEND: list[Any] = []  # [module or None] once chosen
+_BACKEND_LOCK = threading.Lock()
+
+
+def backend_name() -> str:
+    """The implementation `render` uses in this process: "numba" or "numpy" (chosen on first use)."""
+    return "numpy" if _backend() is None else "numba"
+
+
+def _backend() -> Any:
+    """The compiled kernels module, or None for the numpy path; chosen once per process.
+
+    ``ROADMAP_RENDER_BACKEND`` = ``auto`` (default: numba when it imports), ``numba`` (an error without it) or
+    ``numpy``. Importing the kernels loads them from numba's on-disk cache (compiling them the first time).
+    """
+    if _BACKEND:
+        return _BACKEND[0]
+    with _BACKEND_LOCK:
+        if not _BACKEND:
+            _BACKEND.append(_load_backend(os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"))
+    return _BACKEND[0]
+
+
+def _load_backend(choice: str) -> Any:
+    """The kernels module for `choice` (auto | numba | numpy), or None. numba missing (it is on GPU boxes
+    without the full install) falls back silently under auto; numba present but the kernels failing to build
+    falls back with a warning, since that is a bug to report rather than a missing extra."""
+    if choice not in ("auto", "numba", "numpy"):
+        raise RoadmapError(f"{_BACKEND_ENV}: must be auto, numba or numpy, not {choice!r}")
+    if choice == "numpy":
+        return None
+    try:
+        import numba  # noqa: F401
+    except ImportError as e:
+        if choice == "numba":
+            raise RoadmapError(f"{_BACKEND_ENV}=numba: numba is not installed ({e})") from e
+        return None
+    try:
+        from roadmap_cli import _render_numba
+    except Exception as e:  # noqa: BLE001 - any failure to build the kernels: the numpy path does the same job
+        if choice == "numba":
+            raise RoadmapError(f"{_BACKEND_ENV}=numba: the compiled renderer failed to build ({e})") from e
+        warnings.warn(f"roadmap: compiled GPS renderer unavailable, using the slower numpy one ({e})",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return _render_numba
+
+
+_DUMMY_F32 = np.zeros(4, dtype=np.float32)[::2]  # stands for an unused field (strided like the real ones)
+_PROBE = 1024  # samples looked at to guess whether a field is mostly missing
+_DENSE_FRACTION = 0.125  # ... and the missing fraction above which it is rendered dense
+
+
+def _zero_canvas(n: int) -> np.ndarray:
+    """This thread's all-zero float32 scratch of at least `n` elements (the kernels leave it zeroed on return;
+    `_render_numba` marks it dirty around the call so that an interrupted call cannot leak values)."""
+    z = getattr(_WS, "zero", None)
+    if z is None or z.shape[0] < n:
+        z = np.zeros(n, dtype=np.float32)
+    _WS.zero = None  # dirty until handed back
+    return z
+
+
+@dataclass(frozen=True)
+class _JitPlan:
+    """The arguments of `_render_numba.render_window` that depend only on the parameters and on which value
+    fields are dense (built once per combination, see `_jit_plan`)."""
+
+    fields: tuple[str, ...]
+    r: int
+    k: int
+    kinds: np.ndarray
+    offs: np.ndarray
+    vch: np.ndarray
+    hf: np.ndarray
+    vt: np.ndarray
+    w2d: np.ndarray
+    dens_out: int
+    dens_mode: int
+    dens_scale: np.ndarray
+    means: np.ndarray
+    mean_scale: np.ndarray
+    thr: float
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_plan(key: tuple[Any, ...], dense: tuple[bool, ...]) -> _JitPlan:
+    """`_JitPlan` for RenderParams `key` (`_params_key`) with the value fields flagged in `dense` dense.
+
+    Canvas channels: 0 the count; per value field, in the order of first use, its sums (interval and speed
+    one, bearing two: sin, cos); then a count channel for each dense field. Gaussian taps are normalised to
+    centre 1, the density scaled back by the centre weight at the end (means, being ratios, need nothing).
+    Binary mode: one box filter per distinct half-width of the disk's rows, `vt` picking each row offset's box.
+    """
+    jit = _backend()
+    params = RenderParams(**dict(key))
+    names = params.channel_names()
+    value_fields = tuple(c for c in params.channels if c != "density")
+    if params.mode == "binary":
+        r = params.binary_radius
+        foot = disk(r)
+        w2d = foot.astype(np.float64)
+        widths = (np.abs(np.arange(-r, r + 1))[None, :] * foot).max(axis=1)
+        boxes = sorted(set(widths.tolist()))
+        hf = np.array([np.abs(np.arange(-r, r + 1)) <= a for a in boxes], dtype=np.float32)
+        vt = np.array([[float(wd == a) for a in boxes] for wd in widths], dtype=np.float32)
+        dens_mode, dens_scale = jit.DENS_BINARY, (1.0, 1.0)
+        thr = 0.5
+    else:
+        g = gaussian_taps(params.kernel_size, params.sigma)
+        r = g.shape[0] // 2
+        u = (g / g[r]).astype(np.float32)
+        hf = np.ascontiguousarray(u[None, :])
+        vt = np.ascontiguousarray(u[:, None])
+        w2d = np.outer(u.astype(np.float64), u.astype(np.float64))
+        cw = float(g[r] ** 2)  # the normalised 2-D kernel is cw * outer(u, u)
+        if params.scale == "log":
+            dens_mode, dens_scale = jit.DENS_LOG, (cw, 1.0 / math.log1p(params.density_norm))
+        else:
+            dens_mode, dens_scale = jit.DENS_LINEAR, (cw / params.density_norm, 1.0)
+        thr = 0.5 * float(w2d.min())  # below the smallest weight: a pixel no sample reaches stays 0 (no 0 / 0)
+    kinds = np.zeros(3, dtype=np.int64)
+    offs = np.zeros(3, dtype=np.int64)
+    vch = np.zeros(3, dtype=np.int64)
+    k = 1
+    for i, f in enumerate(value_fields):
+        kinds[i] = jit.BEARING if f == "bearing" else jit.PLAIN
+        offs[i] = k
+        k += 2 if f == "bearing" else 1
+    for i in range(len(value_fields)):
+        if dense[i]:
+            vch[i] = k
+            k += 1
+    means: list[tuple[int, int, int]] = []
+    scales: list[float] = []
+    for i, f in enumerate(value_fields):
+        if f == "bearing":
+            means += [(names.index("bearing_sin"), offs[i], i), (names.index("bearing_cos"), offs[i] + 1, i)]
+            scales += [1.0, 1.0]
+        else:
+            means.append((names.index(f), offs[i], i))
+            scales.append(1.0 / (params.interval_norm if f == "interval" else params.speed_norm))
+    return _JitPlan(fields=value_fields, r=r, k=k, kinds=kinds, offs=offs, vch=vch, hf=hf, vt=vt, w2d=w2d,
+                    dens_out=names.index("density") if "density" in names else -1, dens_mode=dens_mode,
+                    dens_scale=np.asarray(dens_scale, dtype=np.float64),
+                    means=np.asarray(means, dtype=np.int64).reshape(-1, 3),
+                    mean_scale=np.asarray(scales, dtype=np.float64), thr=thr)
+
+
+def _params_key(params: RenderParams) -> tuple[Any, ...]:
+    """A hashable form of `params` (the dataclass itself is mutable)."""
+    return tuple((f.name, getattr(params, f.name)) for f in fields(params))
+
+
+def _render_numba(jit: Any, samples: np.ndarray, col_off: float, row_off: float, w: int, h: int,
+                  params: RenderParams) -> np.ndarray:
+    """The compiled implementation of `render` (arguments already checked; at least one sample); the
+    algorithm is described in `_render_numba`'s module doc.
+
+    A value field is rendered dense (its own count channel) when more than `_DENSE_FRACTION` of up to `_PROBE`
+    evenly spread samples lack a value, sparse (its missing samples listed) otherwise; a sparse render that
+    meets more than n / 4 + 1024 missing values stops and is done again dense. Both give the same values to
+    float32 rounding, and which is used depends only on the samples.
+    """
+    key = _params_key(params)
+    value_fields = tuple(c for c in params.channels if c != "density")
+    n = samples.shape[0]
+    col = np.asarray(samples["col"], dtype=np.float64)
+    row = np.asarray(samples["row"], dtype=np.float64)
+    vals = [np.asarray(samples[f], dtype=np.float32) for f in value_fields]
+    step = max(1, n // _PROBE)
+    dense = tuple(bool(np.count_nonzero(~np.isfinite(v[::step])) > _DENSE_FRACTION * v[::step].shape[0])
+                  for v in vals)
+    vals += [_DUMMY_F32] * (3 - len(vals))
+    out = np.empty((params.n_channels, h, w), dtype=np.float32)
+    miss_limit = n // 4 + 1024
+    while True:
+        plan = _jit_plan(key, dense)
+        r, k = plan.r, plan.k
+        wc, hc = w + 2 * r, h + 2 * r
+        bh = jit.band_rows(wc, k, hc)
+        nblk = -(-n // jit.BLOCK) + -(-hc // bh)  # each band leaves at most one block part-filled
+        size = bh * wc * k
+        canvas = _zero_canvas(size)
+        over = jit.render_window(
+            col, row, vals[0], vals[1], vals[2], plan.kinds, plan.offs, plan.vch, col_off, row_off, w, h, r, k,
+            bh.bit_length() - 1, canvas[:size], _WS.get("nb_pix", (nblk * jit.BLOCK,), np.int32),
+            _WS.get("nb_val", (max(k - 1, 1), nblk * jit.BLOCK), np.float32),
+            _WS.get("nb_next", (nblk,), np.int64), _WS.get("nb_miss", (3, miss_limit), np.int64),
+            plan.hf, plan.vt, plan.w2d, out, plan.dens_out, plan.dens_mode, plan.dens_scale, plan.means,
+            plan.mean_scale, plan.thr)
+        _WS.zero = canvas  # zeroed again by the kernel
+        if over < 0:
+            return out
+        dense = tuple(d or i == over for i, d in enumerate(dense))
 
 
 @dataclass(frozen=True)

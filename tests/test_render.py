@@ -1,4 +1,9 @@
-"""Rendering against a slow per-sample reference, tiling, empty input, KDE range, parameter handling."""
+"""Rendering against a slow per-sample reference, tiling, empty input, KDE range, parameter handling.
+
+Rendering tests run once per implementation (the `backend` fixture): the compiled one (numba) and the numpy
+fallback used where numba is not installed. The numba-only tests at the end cover its own machinery (bands,
+bucket blocks, sparse / dense missing values, backend choice) and check both implementations agree.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,25 @@ import sys
 import numpy as np
 import pytest
 
+import roadmap_cli.render as R
 from roadmap_cli.errors import RoadmapError
 from roadmap_cli.render import RenderParams, default_sigma, gaussian_taps, kde, kde_margin, render
 from roadmap_cli.store import SAMPLE_DTYPE
+
+
+def numba_kernels():  # noqa: ANN201 - the kernels module
+    """The compiled kernels, or a skip where numba is not installed (the numpy fallback is still tested)."""
+    try:
+        return R._load_backend("numba")
+    except RoadmapError as e:
+        pytest.skip(f"numba not installed here: {e}")
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make `render` use one implementation for the test."""
+    monkeypatch.setattr(R, "_BACKEND", [numba_kernels() if request.param == "numba" else None])
+    return request.param
 
 
 def make_samples(rng: np.random.Generator, n: int, col0: float, row0: float, w: float, h: float,
@@ -110,7 +131,7 @@ ALL = ("density", "interval", "speed", "bearing")
     ids=["log3", "linear3", "k5-reordered", "k7", "k1", "binary2", "binary0"],
 )
 @pytest.mark.parametrize("offset", [(100, 50), (7.25, 3.5)], ids=["int-offset", "frac-offset"])
-def test_matches_reference(params: RenderParams, offset: tuple[float, float]) -> None:
+def test_matches_reference(params: RenderParams, offset: tuple[float, float], backend: str) -> None:
     rng = np.random.default_rng(1)
     col_off, row_off = offset
     w, h = 23, 17
@@ -125,7 +146,7 @@ def test_matches_reference(params: RenderParams, offset: tuple[float, float]) ->
     assert got[0].max() > 0  # the test data reach the window
 
 
-def test_many_missing_values_use_dense_counts() -> None:
+def test_many_missing_values_use_dense_counts(backend: str) -> None:
     """Most intervals missing: the dense valid-count path must agree with the reference too."""
     rng = np.random.default_rng(2)
     p = RenderParams(channels=ALL)
@@ -133,7 +154,7 @@ def test_many_missing_values_use_dense_counts() -> None:
     np.testing.assert_allclose(render(s, 2, 2, 26, 26, p), reference(s, 2, 2, 26, 26, p), rtol=2e-5, atol=2e-5)
 
 
-def test_density_values_simple() -> None:
+def test_density_values_simple(backend: str) -> None:
     """Two samples in one pixel, linear scale: the centre holds 2 * g_c**2 / norm, the kernel sums to 2 / norm."""
     p = RenderParams(channels=("density",), scale="linear", density_norm=1.0)
     s = np.zeros(2, dtype=SAMPLE_DTYPE)
@@ -145,7 +166,7 @@ def test_density_values_simple() -> None:
     assert d[4, 7] == 0 and d[6, 5] == 0
 
 
-def test_tiles_equal_whole_render() -> None:
+def test_tiles_equal_whole_render(backend: str) -> None:
     rng = np.random.default_rng(3)
     for p in (RenderParams(channels=ALL), RenderParams(channels=ALL, kernel_size=5),
               RenderParams(channels=ALL, mode="binary", binary_radius=3)):
@@ -163,7 +184,7 @@ def test_tiles_equal_whole_render() -> None:
                 np.testing.assert_allclose(tile, whole[:, r0:r0 + th, c0:c0 + tw], rtol=1e-5, atol=1e-6)
 
 
-def test_empty_and_far_samples_give_zeros() -> None:
+def test_empty_and_far_samples_give_zeros(backend: str) -> None:
     p = RenderParams(channels=ALL)
     out = render(np.zeros(0, dtype=SAMPLE_DTYPE), 0, 0, 8, 6, p)
     assert out.shape == (5, 6, 8) and out.dtype == np.float32 and not out.any()
@@ -173,7 +194,7 @@ def test_empty_and_far_samples_give_zeros() -> None:
     assert not render(s, 0, 0, 8, 6, p).any()
 
 
-def test_missing_values_never_count() -> None:
+def test_missing_values_never_count(backend: str) -> None:
     """A pixel reached only by samples without interval has interval 0 but non-zero density."""
     s = np.zeros(3, dtype=SAMPLE_DTYPE)
     s["col"], s["row"] = [2.5, 2.5, 12.5], [2.5, 2.5, 2.5]
@@ -186,7 +207,7 @@ def test_missing_values_never_count() -> None:
     np.testing.assert_allclose(out[3, 1:4, 11:14], 0.0, atol=1e-6)  # cos 90 degrees
 
 
-def test_kde_range_and_tiling() -> None:
+def test_kde_range_and_tiling(backend: str) -> None:
     rng = np.random.default_rng(5)
     s = make_samples(rng, 4000, 0, 0, 40, 40)
     k = kde(s, 0, 0, 40, 40, kernel_size=9, reference=4.0)
@@ -227,17 +248,17 @@ def test_from_dict_rejects_unknown_keys() -> None:
 
 
 def test_imports_stay_light() -> None:
-    """render and augment must be usable where only numpy is installed (no torch, rasterio, pyproj, scipy)."""
+    """render and augment must be usable where only numpy is installed (no torch, rasterio, pyproj, scipy);
+    numba is imported on the first render only (importing it takes ~0.4 s)."""
     code = ("import sys, roadmap_cli.render, roadmap_cli.augment; "
-            "print([m for m in ('torch', 'rasterio', 'pyproj', 'geopandas') if m in sys.modules])")
+            "print([m for m in ('torch', 'rasterio', 'pyproj', 'geopandas', 'numba') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_chunked_gather_matches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many small chunks, some wholly outside the canvas, some with NaN coordinates: same result."""
-    import roadmap_cli.render as R
-
+    """numpy path: many small chunks, some wholly outside the canvas, some with NaN coordinates: same result."""
+    monkeypatch.setattr(R, "_BACKEND", [None])
     rng = np.random.default_rng(6)
     p = RenderParams(channels=ALL)
     s = make_samples(rng, 700, -10, -10, 50, 50)
@@ -250,7 +271,7 @@ def test_chunked_gather_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_allclose(got, reference(s, 0, 0, 30, 30, p), rtol=2e-5, atol=2e-5)
 
 
-def test_threads_do_not_share_scratch() -> None:
+def test_threads_do_not_share_scratch(backend: str) -> None:
     """Scratch buffers are per thread: concurrent renders of different windows give the serial results."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -267,3 +288,161 @@ def test_threads_do_not_share_scratch() -> None:
                 np.testing.assert_array_equal(a, b)
     release_workspace()
     np.testing.assert_array_equal(render(jobs[0][0], 0, 0, jobs[0][1], 40, p), serial[0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the compiled implementation's own machinery
+
+
+def fast_reference(samples: np.ndarray, col_off: float, row_off: float, w: int, h: int, p: RenderParams
+                   ) -> np.ndarray:
+    """`reference` vectorised, in float64: per-pixel sums on the window grown by the kernel radius, then the
+    2-D kernel applied by shifts. Quick enough for inputs too big for the per-sample loop."""
+    if p.mode == "gaussian":
+        g = gaussian_taps(p.kernel_size, p.sigma)
+        k2 = np.outer(g, g)
+    else:
+        t = np.arange(-p.binary_radius, p.binary_radius + 1)
+        k2 = ((t[:, None] ** 2 + t[None, :] ** 2) <= p.binary_radius ** 2).astype(np.float64)
+    r = k2.shape[0] // 2
+    with np.errstate(invalid="ignore"):
+        px = np.floor(samples["col"] - col_off) + r
+        py = np.floor(samples["row"] - row_off) + r
+        ok = (px >= 0) & (px < w + 2 * r) & (py >= 0) & (py < h + 2 * r)
+    px, py, s = px[ok].astype(np.intp), py[ok].astype(np.intp), samples[ok]
+
+    def smooth(weights: np.ndarray) -> np.ndarray:
+        c = np.zeros((h + 2 * r, w + 2 * r))
+        np.add.at(c, (py, px), weights)
+        out = np.zeros((h, w))
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                out += k2[dy, dx] * c[dy:dy + h, dx:dx + w]
+        return out
+
+    def mean(values: np.ndarray, has: np.ndarray) -> np.ndarray:
+        cnt = smooth(has.astype(np.float64))
+        tot = smooth(np.where(has, values, 0.0))
+        return np.where(cnt > 1e-12, tot / np.where(cnt > 1e-12, cnt, 1.0), 0.0)
+
+    count = smooth(np.ones(s.shape[0]))
+    chans = []
+    for c in p.channels:
+        if c == "density":
+            if p.mode == "binary":
+                chans.append((count > 0.5).astype(np.float64))
+            elif p.scale == "log":
+                chans.append(np.log1p(count) / np.log1p(p.density_norm))
+            else:
+                chans.append(count / p.density_norm)
+        elif c in ("interval", "speed"):
+            v = s[c].astype(np.float64)
+            chans.append(mean(v, np.isfinite(v)) / (p.interval_norm if c == "interval" else p.speed_norm))
+        else:
+            b = np.radians(s["bearing"].astype(np.float64))
+            chans.append(mean(np.sin(b), np.isfinite(b)))
+            chans.append(mean(np.cos(b), np.isfinite(b)))
+    return np.stack(chans)
+
+
+def test_fast_reference_is_the_reference() -> None:
+    rng = np.random.default_rng(10)
+    s = make_samples(rng, 500, -4, -4, 30, 26)
+    for p in (RenderParams(channels=ALL, kernel_size=5), RenderParams(channels=ALL, mode="binary", binary_radius=2)):
+        np.testing.assert_allclose(fast_reference(s, 0.5, -1.0, 23, 19, p), reference(s, 0.5, -1.0, 23, 19, p),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [
+    RenderParams(channels=ALL), RenderParams(channels=("interval", "density"), scale="linear"),
+    RenderParams(channels=("speed", "bearing"), kernel_size=9), RenderParams(channels=ALL, kernel_size=5, sigma=2.0),
+    RenderParams(channels=ALL, mode="binary", binary_radius=4), RenderParams(channels=("density",), kernel_size=1),
+], ids=["all", "linear", "k9-no-density", "k5-sigma2", "binary4", "k1-density"])
+@pytest.mark.parametrize("nan_frac", [0.02, 0.6], ids=["few-missing", "most-missing"])
+def test_backends_agree(p: RenderParams, nan_frac: float) -> None:
+    """A bigger input (many bucket blocks; ~2000 samples in each pixel of the cluster): the numba and numpy
+    renders both match the float64 reference, hence each other, to float32 rounding. (The numpy path sums
+    values pre-scaled, in sample order, so its error in those crowded pixels is ~2e-5 of the mean against the
+    compiled one's ~1e-6: the tolerances say so.)"""
+    jit = numba_kernels()
+    rng = np.random.default_rng(11)
+    s = make_samples(rng, 30000, -6.5, -3.25, 90, 70, nan_frac=nan_frac)
+    want = fast_reference(s, -0.5, 1.75, 77, 61, p)
+    got = R._render_numba(jit, s, -0.5, 1.75, 77, 61, p)
+    plan = R._plan(p)
+    fallback = R._render_numpy(s, -0.5, 1.75, 77, 61, p, plan, tuple(dict.fromkeys(src for _, src, _ in plan)))
+    assert got.dtype == np.float32 and got.shape == want.shape and np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=5e-6, atol=1e-6)
+    np.testing.assert_allclose(fallback, want, rtol=5e-5, atol=1e-6)
+
+
+def test_many_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Canvas bands of 1 and 2 rows (fewer rows than the kernel spans) give the single-band result."""
+    jit = numba_kernels()
+    rng = np.random.default_rng(12)
+    s = make_samples(rng, 5000, 0, 0, 40, 40)
+    for p in (RenderParams(channels=ALL, kernel_size=7), RenderParams(channels=ALL, mode="binary", binary_radius=3)):
+        whole = R._render_numba(jit, s, 2.0, 3.0, 33, 35, p)
+        for floats in (1, 2 * 41 * 6):  # bh = 1, then 2 for the widest canvas rows here
+            monkeypatch.setattr(jit, "BAND_FLOATS", floats)
+            assert jit.band_rows(41, 6, 41) <= 2
+            np.testing.assert_allclose(R._render_numba(jit, s, 2.0, 3.0, 33, 35, p), whole, rtol=1e-6, atol=1e-7)
+        monkeypatch.undo()
+
+
+def test_sparse_dense_and_overflow_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field's missing values handled as a list (sparse), as a count channel (dense), or found too many for
+    a list mid-render (redone dense): the same result, matching the reference."""
+    jit = numba_kernels()
+    rng = np.random.default_rng(13)
+    p = RenderParams(channels=ALL)
+    for nan_frac in (0.05, 0.7):
+        s = make_samples(rng, 6000, 0, 0, 30, 30, nan_frac=nan_frac)
+        runs = []
+        for frac in (2.0, -1.0):  # never dense by the probe (0.7: the list overflows), always dense
+            monkeypatch.setattr(R, "_DENSE_FRACTION", frac)
+            runs.append(R._render_numba(jit, s, 2.0, 2.0, 26, 26, p))
+        np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(runs[0], reference(s, 2, 2, 26, 26, p), rtol=2e-5, atol=2e-5)
+
+
+def test_render_is_deterministic() -> None:
+    """Same input, same bits (the implementation chosen for missing values depends only on the samples)."""
+    jit = numba_kernels()
+    rng = np.random.default_rng(14)
+    p = RenderParams(channels=ALL)
+    mostly_missing = make_samples(rng, 6000, 0, 0, 30, 30, nan_frac=0.7)
+    few_missing = make_samples(rng, 6000, 0, 0, 30, 30, nan_frac=0.01)
+    first = R._render_numba(jit, few_missing, 0.0, 0.0, 30, 30, p)
+    R._render_numba(jit, mostly_missing, 0.0, 0.0, 30, 30, p)
+    np.testing.assert_array_equal(R._render_numba(jit, few_missing, 0.0, 0.0, 30, 30, p), first)
+
+
+def test_other_sample_dtypes(backend: str) -> None:
+    """Big-endian fields, float32 coordinates, other field order and extra fields: the same render."""
+    rng = np.random.default_rng(15)
+    s = make_samples(rng, 2000, 0, 0, 20, 20)
+    p = RenderParams(channels=ALL)
+    want = render(s, 1, 1, 18, 18, p)
+    odd = np.zeros(s.shape[0], dtype=[("extra", "u1"), ("bearing", ">f8"), ("row", ">f8"), ("col", "<f8"),
+                                      ("speed", "<f8"), ("interval", ">f4")])
+    for f in ("bearing", "row", "col", "speed", "interval"):
+        odd[f] = s[f]
+    np.testing.assert_allclose(render(odd, 1, 1, 18, 18, p), want, rtol=1e-6, atol=1e-7)
+    s32 = s[["col", "row", "interval"]].astype([("col", "<f4"), ("row", "<f4"), ("interval", "<f4")])
+    p2 = RenderParams(channels=("density", "interval"))
+    np.testing.assert_allclose(render(s32, 1, 1, 18, 18, p2), render(s32.astype([("col", "<f8"), ("row", "<f8"),
+                               ("interval", "<f4")]), 1, 1, 18, 18, p2), rtol=1e-6, atol=1e-7)
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert R._load_backend("numpy") is None
+    with pytest.raises(RoadmapError, match="ROADMAP_RENDER_BACKEND"):
+        R._load_backend("fortran")
+    assert R._load_backend("numba") is numba_kernels()
+    monkeypatch.setattr(R, "_BACKEND", [])
+    monkeypatch.setenv("ROADMAP_RENDER_BACKEND", "numpy")
+    assert R.backend_name() == "numpy"
+    monkeypatch.setattr(R, "_BACKEND", [])
+    monkeypatch.setenv("ROADMAP_RENDER_BACKEND", "auto")
+    assert R.backend_name() == "numba"
