@@ -6,9 +6,18 @@ What this module decides, and why:
   lat/latitude/y, lon/lng/longitude/x, time/timestamp/ts/t, vehicle_id/taxi_id/trip_id/id, speed/velocity,
   bearing/heading/dir/angle). A vehicle candidate whose every value is distinct (a row id) is skipped, so a
   file with `id` and `vehicle_id` uses `vehicle_id`. `--columns lat=..,lon=..` overrides any role.
-- **Values are parsed leniently but vectorised**: selected columns are read as text and cast by Arrow in one
-  go; only a batch whose fast cast fails takes a slower path (regex filtering for numbers, decimal commas,
-  pandas for mixed-zone ISO times) that turns bad values into "unparsable" instead of aborting the file.
+- **Values are parsed leniently but vectorised**: the first block is read as text and decides, per column,
+  whether Arrow's CSV reader can convert the column itself (numbers to float64, ISO times to timestamps, with
+  or without zone as the block shows); the file is then read with those types, which saves materialising
+  every value as text. A value the typed reader cannot convert switches the rest of the file (or that byte
+  range) to text, and text goes through Arrow casts, then, for a batch whose fast cast fails, a slower path
+  (regex filtering for numbers, decimal commas, pandas for mixed-zone ISO times) that turns bad values into
+  "unparsable" instead of aborting the file. Either way the rows, values and drops are the same.
+- **Speed**: a plain CSV file is parsed by byte ranges cut at line ends on several threads (Arrow's streaming
+  reader parses on the calling thread only); numbers come out of Arrow buffers as numpy views (`to_numpy()`
+  would import pandas, which costs more than reading a million rows); vehicle ids are looked up in Arrow, a
+  Python string per id only for ids not seen before; Arrow allocates from jemalloc (or the system allocator)
+  while reading, see `reader_memory_pool()`.
 - **Time** is epoch seconds, milliseconds, microseconds or nanoseconds (scale guessed per file from the
   magnitude of its first values), ISO 8601 text with or without a zone (no zone means UTC), or a Parquet
   timestamp/date column.
@@ -23,11 +32,13 @@ import csv as pycsv
 import gzip
 import logging
 import math
+import os
 import re
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +90,37 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 GPS_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".txt", ".gz", *PARQUET_SUFFIXES)
 
 _NUM_RE = r"^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?|(?i:nan|inf|infinity))$"
+
+
+_POOL: list[pa.MemoryPool] = []
+
+
+def reader_memory_pool() -> pa.MemoryPool:
+    """The Arrow memory pool GPS reading allocates from: jemalloc where pyarrow has it, else the system allocator.
+
+    Arrow's default mimalloc pool hands freed pages back to the OS after a short delay and maps them again for
+    the next block, as transparent huge pages that the kernel zeroes each time: ingesting a few million rows
+    spent about a fifth of its time zeroing pages, and about half as much system time with these pools.
+    """
+    if not _POOL:
+        try:
+            _POOL.append(pa.jemalloc_memory_pool())
+        except (NotImplementedError, pa.ArrowNotImplementedError):
+            _POOL.append(pa.system_memory_pool())
+    return _POOL[0]
+
+
+@contextmanager
+def reading_pool() -> Iterator[None]:
+    """Make `reader_memory_pool()` Arrow's default pool inside the block (for the buffers Arrow allocates
+    without a pool argument: file blocks, compute kernels), then restore the previous default. Buffers keep a
+    reference to the pool they came from, so they may outlive the block."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(reader_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 # ---- column specification -----------------------------------------------------------------------------------
@@ -265,25 +307,86 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _bits(buf: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    """A bool array of `n` bits of an Arrow bitmap starting at bit `offset`."""
+    raw = np.frombuffer(buf, dtype=np.uint8, count=(offset + n + 7) // 8)
+    return np.unpackbits(raw, count=offset + n, bitorder="little")[offset:].view(np.bool_)
+
+
+def _valid(arr: pa.Array) -> np.ndarray | None:
+    """Validity of each slot (None when there are no nulls)."""
+    if arr.null_count == 0:
+        return None
+    buf = arr.buffers()[0]
+    return _bits(buf, arr.offset, len(arr))
+
+
+def _values(arr: pa.Array, dtype: Any) -> np.ndarray:
+    """The data buffer of a fixed-width Arrow array as a (read-only) numpy view; null slots hold junk.
+
+    Arrow's own `to_numpy()` initialises its pandas support (importing pandas costs more than reading a few
+    million rows), so ingest reads buffers directly.
+    """
+    dt = np.dtype(dtype)
+    if pa.types.is_boolean(arr.type):
+        return _bits(arr.buffers()[1], arr.offset, len(arr))
+    return np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * dt.itemsize)
+
+
 def _to_numpy_f8(arr: pa.Array) -> np.ndarray:
-    return np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float64)  # a writable copy
+    """float64 values of a numeric Arrow array, NaN where null (a new writable array)."""
+    t = arr.type
+    if not pa.types.is_floating(t) or t.bit_width != 64:
+        arr = pc.cast(arr, pa.float64())
+    v = _values(arr, np.float64).copy()
+    valid = _valid(arr)
+    if valid is not None:
+        v[~valid] = np.nan
+    return v
 
 
-def _lenient_numbers(arr: pa.Array) -> pa.Array:
-    """float64 Array with null wherever the text is not a number (decimal commas accepted)."""
+def _f8_view(arr: pa.Array) -> np.ndarray:
+    """Like `_to_numpy_f8`, but a read-only view of Arrow's buffer when there are no nulls (no copy)."""
+    if pa.types.is_float64(arr.type) and arr.null_count == 0:
+        return _values(arr, np.float64)
+    return _to_numpy_f8(arr)
+
+
+def _bool(arr: pa.Array) -> np.ndarray:
+    """bool values of a BooleanArray, False where null."""
+    v = _values(arr, np.bool_)
+    valid = _valid(arr)
+    return v & valid if valid is not None else v
+
+
+def _lenient_numbers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values, NaN wherever the text is not a number; mask of those numbers); decimal commas accepted."""
     s = pc.replace_substring(pc.utf8_trim_whitespace(arr), ",", ".")
-    ok = pc.fill_null(pc.match_substring_regex(s, _NUM_RE), False)
-    return pc.cast(pc.if_else(ok, s, pa.scalar(None, s.type)), pa.float64())
+    ok = pc.match_substring_regex(s, _NUM_RE)
+    v = np.full(len(arr), np.nan)
+    is_num = _bool(ok)
+    v[is_num] = _to_numpy_f8(pc.cast(pc.filter(s, ok), pa.float64()))
+    return v, is_num
+
+
+def _blank(arr: pa.Array) -> np.ndarray:
+    """Text that is empty or only whitespace (False where null)."""
+    lengths = pc.utf8_length(pc.utf8_trim_whitespace(arr))
+    out = _values(lengths, np.int64 if pa.types.is_large_string(arr.type) else np.int32) == 0
+    valid = _valid(lengths)
+    return out & valid if valid is not None else out
 
 
 def _null_mask(arr: pa.Array) -> np.ndarray:
-    if arr.null_count == 0:
-        return np.zeros(len(arr), dtype=bool)
-    return np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    valid = _valid(arr)
+    return np.zeros(len(arr), dtype=bool) if valid is None else ~valid
 
 
 def parse_numbers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(float64 values with NaN where missing or bad, missing mask, unparsable mask)."""
+    """(float64 values with NaN where missing or bad, missing mask, unparsable mask).
+
+    The values may be a read-only view of the Arrow buffer (a float64 column without nulls or non-finite values).
+    """
     arr = _plain(arr)
     missing = _null_mask(arr)
     t = arr.type
@@ -292,13 +395,11 @@ def parse_numbers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarr
         try:
             v = _to_numpy_f8(pc.cast(arr, pa.float64()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            vals = _lenient_numbers(arr)
-            v = _to_numpy_f8(vals)
-            blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ""), False)
-            missing |= np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
-            bad = ~missing & _null_mask(vals)
+            v, is_num = _lenient_numbers(arr)
+            missing |= _blank(arr)
+            bad = ~missing & ~is_num
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t):
-        v = _to_numpy_f8(pc.cast(arr, pa.float64()))
+        v = _f8_view(arr)
     else:
         v = np.full(len(arr), np.nan)
         bad = ~missing
@@ -306,15 +407,27 @@ def parse_numbers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarr
     if not fin.all():
         # NaN/inf stored as numbers mean "no value".
         missing |= ~fin & ~bad
-        v[~fin] = np.nan
+        v = np.where(fin, v, np.nan)
     return v, missing, bad
+
+
+def _casts(arr: pa.Array, typ: pa.DataType) -> bool:
+    """Whether every value of `arr` casts to `typ` (Arrow stops at the first that does not)."""
+    try:
+        pc.cast(arr, typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def _epoch_from_timestamps(arr: pa.Array) -> np.ndarray:
     unit = arr.type.unit
     scale = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[unit]
-    ints = pc.cast(arr, pa.int64())
-    return _to_numpy_f8(ints) / scale
+    out = _values(arr, np.int64) / scale
+    valid = _valid(arr)
+    if valid is not None:
+        out[~valid] = np.nan
+    return out
 
 
 def _parse_iso(arr: pa.Array) -> np.ndarray:
@@ -362,7 +475,7 @@ class TimeFormat:
         """(epoch seconds with NaN where missing/bad, missing mask, unparsable mask)."""
         arr = _plain(arr)
         n = len(arr)
-        missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        missing = _null_mask(arr)
         t = arr.type
         if pa.types.is_timestamp(t):
             self.kind = self.kind or "timestamp"
@@ -376,12 +489,15 @@ class TimeFormat:
             return np.full(n, np.nan), missing, np.zeros(n, dtype=bool)
         if _is_text(t):
             if self.kind is None:
-                nums, _, bad = parse_numbers(arr)
-                valid = ~missing
-                if bad.sum() <= 0.5 * valid.sum():
-                    self.kind, self.scale = _epoch_kind(nums)
+                if _casts(arr, pa.timestamp("us")) or _casts(arr, pa.timestamp("us", tz="UTC")):
+                    self.kind = "iso"  # the common case, decided without scanning the text for numbers
                 else:
-                    self.kind = "iso"
+                    nums, _, bad = parse_numbers(arr)
+                    valid = ~missing
+                    if bad.sum() <= 0.5 * valid.sum():
+                        self.kind, self.scale = _epoch_kind(nums)
+                    else:
+                        self.kind = "iso"
             if self.kind == "iso":
                 v = _parse_iso(arr)
                 bad = ~missing & ~np.isfinite(v)
@@ -397,12 +513,21 @@ class TimeFormat:
 
 
 # ---- vehicles and drop bookkeeping ---------------------------------------------------------------------------
+def _string_array(values: list[str]) -> pa.Array:
+    """A utf8 Arrow array of Python strings, built from buffers (`pa.array` would import pandas)."""
+    data = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
 class VehicleIndex:
     """Vehicle id text -> dense int code, shared by all files (so one vehicle may span several files)."""
 
     def __init__(self) -> None:
         self.codes: dict[str, int] = {}
         self.names: list[str] = []
+        self._known: pa.Array = _string_array([])  # the names as Arrow text, position = code (may lag behind)
 
     def code(self, name: str) -> int:
         c = self.codes.get(name)
@@ -413,8 +538,9 @@ class VehicleIndex:
         return c
 
     @staticmethod
-    def dictionary(arr: pa.Array | pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
-        """(distinct ids as text, int64 index into them per row, -1 where missing). Thread-safe."""
+    def arrow_dictionary(arr: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+        """(distinct ids as Arrow text, trimmed; int64 index into them per row, -1 where missing or blank).
+        Thread-safe."""
         arr = _plain(arr)
         if pa.types.is_floating(arr.type):
             vals = _to_numpy_f8(arr)
@@ -424,19 +550,52 @@ class VehicleIndex:
         if not _is_text(arr.type):
             arr = pc.cast(arr, pa.string())
         enc = pc.dictionary_encode(arr)
-        idx = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        idx = _values(enc.indices, np.int32).astype(np.int64)
+        valid = _valid(enc.indices)
+        if valid is not None:
+            idx[~valid] = -1
         trimmed = pc.utf8_trim_whitespace(enc.dictionary)  # cleaned per distinct value, not per row
-        blank = np.asarray(pc.equal(trimmed, "").to_numpy(zero_copy_only=False), dtype=bool)
+        blank = _blank(trimmed)
         if blank.any():
             idx[np.append(blank, False)[idx]] = -1
-        return trimmed.to_pylist(), idx
+        return trimmed, idx
 
-    def codes_for(self, names: list[str], idx: np.ndarray) -> np.ndarray:
-        """int32 codes for `dictionary()` output (-1 stays -1); codes are given in first-seen order."""
+    @staticmethod
+    def dictionary(arr: pa.Array | pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+        """(distinct ids as text, int64 index into them per row, -1 where missing). Thread-safe."""
+        names, idx = VehicleIndex.arrow_dictionary(arr)
+        return names.to_pylist(), idx
+
+    def known(self, names: pa.Array, idx: np.ndarray) -> np.ndarray | None:
+        """int32 codes for `arrow_dictionary()` output when every id it uses is known already, else None.
+
+        Looks the ids up in Arrow (no Python string per id) and assigns nothing, so worker threads may call it
+        while the owner assigns codes: a code found is final; an id not found yet is left to `codes_for`.
+        """
+        known = self._known
+        pos = pc.index_in(names, value_set=known)
+        lut = np.append(_values(pos, np.int32), -1)
+        valid = _valid(pos)
+        if valid is not None:
+            used = np.zeros(len(names) + 1, dtype=bool)
+            used[idx] = True
+            if np.any(used[:-1] & ~valid):
+                return None
+            lut[:-1][~valid] = -1
+        return lut[idx]
+
+    def codes_for(self, names: list[str] | pa.Array, idx: np.ndarray) -> np.ndarray:
+        """int32 codes for `dictionary()` / `arrow_dictionary()` output (-1 stays -1); codes are given in
+        first-seen order."""
+        if isinstance(names, pa.Array):
+            names = names.to_pylist()
         get = self.codes.get
         found = [get(v, -1) for v in names]
         if -1 in found:
+            n = len(self.names)
             found = [c if c >= 0 or v == "" else self.code(v) for v, c in zip(names, found, strict=True)]
+            if len(self.names) > n:
+                self._known = _string_array(self.names)
         lut = np.array(found + [-1], dtype=np.int32)
         return lut[idx]  # idx -1 picks the trailing -1
 
@@ -481,7 +640,7 @@ class _Pending:
     """A batch parsed and validated off the main thread; vehicle codes are assigned later, in file order."""
 
     n: int
-    veh_names: list[str] | None
+    veh_names: pa.Array | None  # the batch's distinct ids (Arrow text)
     veh_idx: np.ndarray | None
     time: np.ndarray
     lon: np.ndarray
@@ -489,6 +648,7 @@ class _Pending:
     speed: np.ndarray
     bearing: np.ndarray
     drops: list[tuple[str, int, str]]
+    veh_codes: np.ndarray | None = None  # final codes, when every id of the batch was known already
 
 
 @dataclass
@@ -504,12 +664,37 @@ class ParsedBatch:
     rows: int  # rows read in this batch (kept + dropped)
 
 
+@dataclass
+class _Range:
+    """One byte range of a CSV file parsed on its own (see `GpsFile._parse_range`)."""
+
+    batches: list[pa.RecordBatch]
+    lines: int  # physical lines in the range
+    malformed: int
+    first_malformed: tuple[int, int, int, str] | None  # (line in the range from 1, fields, expected, text)
+    typed: bool  # False when the typed read failed and the range was read as text
+    note: str | None
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".lz4", ".br", ".xz")
+
+
+class _TypedReadFailed(Exception):
+    """A CSV value the typed reader could not convert (the rest of the file, or that range, is read as text)."""
+
+
 class GpsFile:
     """One GPS file: header inspection (cheap), then parsed and validated batches."""
 
-    # CSV blocks are parsed on the reading thread: the batches are then converted on the ingest worker threads,
-    # and Arrow's own parse threads measured slower (more CPU, no faster) next to them on small machines.
+    # Arrow's streaming CSV reader parses on the thread that asks for the next batch whatever `use_threads` says
+    # (measured: its own threads only read ahead), so parallel parsing is done by byte ranges (below) instead.
     arrow_threads = False
+    # CSV columns are converted to numbers and timestamps by Arrow's reader where the first block allows.
+    typed_read = True
+    # Plain CSV files of at least two ranges are parsed a byte range at a time on `range_threads` threads (cut
+    # at line ends), when `batches()` is given a pool: Arrow's streaming reader parses on the calling thread.
+    range_bytes = 4 << 20
+    range_threads = 2
 
     def __init__(self, path: str | Path, overrides: dict[str, str | None] | None = None, *,
                  gps_crs: Any = None, speed_unit: str = "km/h", block_size: int = 2 << 20) -> None:
@@ -532,7 +717,9 @@ class GpsFile:
         self.rows_read = 0
         self.malformed = 0
         self._malformed_example: str | None = None
+        self._generation = 0  # bumped when a reader is abandoned, so its late malformed-row callbacks are ignored
         self.vehicle_note: str | None = None
+        self.read_mode = "parquet" if self.format == "parquet" else "text"  # how the CSV columns were converted
         self._local = threading.local()
 
     # header ----------------------------------------------------------------------------------------------
@@ -557,12 +744,47 @@ class GpsFile:
             "delimiter": self.delimiter,
             "columns": self.columns.as_dict(),
             "time_format": self.time_format.kind,
+            "read_mode": self.read_mode,
             "rows_read": self.rows_read,
             "vehicle_note": self.vehicle_note,
         }
 
+    def estimate_rows(self) -> int:
+        """Rough number of data rows, from the file size and the head's line lengths (exact for Parquet).
+
+        Ingest uses it to decide up front whether the rows fit its in-memory budget; a wrong guess only costs
+        speed (ingest switches to spilling to disk when the budget is exceeded).
+        """
+        try:
+            size = self.path.stat().st_size
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                return int(pq.ParquetFile(self.path).metadata.num_rows)
+            name = self.path.name.lower()
+            raw_size = size
+            if name.endswith(".gz"):
+                with open(self.path, "rb") as fh:  # ISIZE: uncompressed size mod 2**32 (of the last member)
+                    fh.seek(max(0, size - 4))
+                    isize = int.from_bytes(fh.read(4), "little")
+                raw_size = isize if size < (1 << 32) and isize >= size else 4 * size
+            elif name.endswith(".bz2"):
+                raw_size = 6 * size
+            head = _head_bytes(self.path)
+            lines = head.count(b"\n")
+            if lines <= 1:
+                return 1
+            return int(raw_size / (len(head) / lines))
+        except (OSError, pa.ArrowException, RoadmapError):
+            return 0
+
     # batches ---------------------------------------------------------------------------------------------
-    def _raw_batches(self, cols: list[str], count_malformed: bool = True) -> Iterator[pa.RecordBatch]:
+    def _raw_batches(self, cols: list[str], count_malformed: bool = True,
+                     types: dict[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+        """Record batches of columns `cols` (CSV: text, or the Arrow types in `types`; one batch per block).
+
+        With `types`, a value Arrow cannot convert raises `_TypedReadFailed` (the caller re-reads as text).
+        """
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -575,8 +797,10 @@ class GpsFile:
             return
         import pyarrow.csv as pacsv
 
-        def on_invalid(row: Any) -> str:  # called from Arrow's threads, also after a probe is closed
-            if not count_malformed:
+        generation = self._generation
+
+        def on_invalid(row: Any) -> str:  # called from Arrow's threads, also after a reader is abandoned
+            if not count_malformed or generation != self._generation:
                 return "skip"
             self.malformed += 1
             if self._malformed_example is None:
@@ -588,16 +812,22 @@ class GpsFile:
         read = pacsv.ReadOptions(column_names=self.names, skip_rows=1, block_size=self.block_size,
                                  use_threads=self.arrow_threads)
         parse = pacsv.ParseOptions(delimiter=self.delimiter or ",", invalid_row_handler=on_invalid)
-        conv = pacsv.ConvertOptions(include_columns=cols, column_types=dict.fromkeys(cols, pa.string()),
+        column_types = {c: (types or {}).get(c, pa.string()) for c in cols}
+        conv = pacsv.ConvertOptions(include_columns=cols, column_types=column_types,
                                     strings_can_be_null=True, quoted_strings_can_be_null=True)
         try:
-            reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=conv)
+            reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=conv,
+                                    memory_pool=reader_memory_pool())
             while True:
                 try:
                     batch = reader.read_next_batch()
                 except StopIteration:
                     break
                 yield batch
+        except pa.ArrowInvalid as exc:
+            if types:
+                raise _TypedReadFailed(str(exc).splitlines()[0]) from exc
+            raise RoadmapError(f"--gps {self.path}: cannot read as CSV ({str(exc).splitlines()[0]})") from exc
         except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as exc:
             raise RoadmapError(f"--gps {self.path}: cannot read as CSV ({str(exc).splitlines()[0]})") from exc
 
@@ -621,6 +851,238 @@ class GpsFile:
             self.vehicle_note = "no vehicle column: the whole file is one vehicle"
             log.warning("%s: no vehicle id column; treating the whole file as one vehicle", self.path.name)
 
+    def _column_types(self, probe: pa.RecordBatch) -> dict[str, pa.DataType]:
+        """Arrow types for the CSV reader to convert to while parsing, judged on the first block (as text).
+
+        Converting inside Arrow's CSV reader saves materialising every value as text and casting it again. A
+        column gets a type only when the whole first block converts cleanly: numbers as float64, ISO times as
+        timestamps (with or without zone, as the block shows), epoch times as float64; ids stay text.
+        """
+        cm = self.columns
+        names = probe.schema.names
+        wanted: dict[str, list[pa.DataType | None]] = {}
+
+        def fits(name: str, typ: pa.DataType) -> bool:
+            try:
+                pc.cast(probe.column(names.index(name)), typ)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return False
+            return True
+
+        for role in ("lat", "lon", "speed", "bearing"):
+            name = getattr(cm, role)
+            if name is not None and name in names:
+                wanted.setdefault(name, []).append(pa.float64() if fits(name, pa.float64()) else None)
+        if cm.time in names:
+            kind = self.time_format.kind
+            typ: pa.DataType | None = None
+            if kind is not None and kind.startswith("epoch") and fits(cm.time, pa.float64()):
+                typ = pa.float64()
+            elif kind == "iso":
+                typ = next((t for t in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")) if fits(cm.time, t)),
+                           None)
+            wanted.setdefault(cm.time, []).append(typ)
+        if cm.vehicle is not None:
+            wanted.setdefault(cm.vehicle, []).append(None)
+        return {name: ts[0] for name, ts in wanted.items() if ts[0] is not None and all(t == ts[0] for t in ts)}
+
+    def _probe_head(self, cols: list[str]) -> pa.RecordBatch | None:
+        """The first block of a plain CSV file as text, parsed from its bytes: the same rows as the reader's first
+        batch, without its read-ahead (closing a streaming reader early waits for the blocks it read ahead).
+        None for other files or when the block holds no row."""
+        import pyarrow.csv as pacsv
+
+        if self.format != "csv" or self.path.name.lower().endswith(COMPRESSED_SUFFIXES):
+            return None
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read(self.block_size)
+                more = bool(fh.read(1))
+        except OSError:
+            return None
+        if data[:2] == b"\x1f\x8b":
+            return None
+        if more:
+            cut = data.rfind(b"\n")
+            if cut <= 0:
+                return None
+            data = data[:cut + 1]
+        read = pacsv.ReadOptions(column_names=self.names, skip_rows=1, block_size=self.block_size,
+                                 use_threads=False)
+        parse = pacsv.ParseOptions(delimiter=self.delimiter or ",", invalid_row_handler=lambda row: "skip")
+        conv = pacsv.ConvertOptions(include_columns=cols, column_types=dict.fromkeys(cols, pa.string()),
+                                    strings_can_be_null=True, quoted_strings_can_be_null=True)
+        try:
+            table = pacsv.read_csv(pa.BufferReader(data), read_options=read, parse_options=parse,
+                                   convert_options=conv, memory_pool=reader_memory_pool())
+        except (pa.ArrowException, UnicodeDecodeError):
+            return None
+        if table.num_rows == 0:
+            return None
+        return table.combine_chunks().to_batches()[0]
+
+    def _split_ranges(self) -> list[tuple[int, int]] | None:
+        """Byte ranges of the data lines of a plain CSV file, each about `range_bytes` and ending just after a
+        newline: the reader takes every newline for the end of a row (newlines inside quoted values are off in
+        its options), so the rows are the same as read whole. None when the file is compressed, small, or not
+        cut into lines by newline characters."""
+        if self.format != "csv" or self.path.name.lower().endswith(COMPRESSED_SUFFIXES):
+            return None
+        try:
+            size = self.path.stat().st_size
+            if size < 2 * self.range_bytes:
+                return None
+            with open(self.path, "rb") as fh:
+                if fh.read(2) == b"\x1f\x8b":
+                    return None
+                fh.seek(0)
+                head = fh.read(1 << 16)
+                start = head.find(b"\n") + 1
+                if start <= 0 or b"\r" in head[:start - 2]:  # no newline in the head or CR-only line ends
+                    return None
+                ranges = []
+                while start < size:
+                    end = start + self.range_bytes
+                    if end >= size - self.range_bytes // 4:
+                        ranges.append((start, size))
+                        break
+                    fh.seek(end)
+                    while True:
+                        chunk = fh.read(1 << 16)
+                        k = chunk.find(b"\n")
+                        if k >= 0 or not chunk:
+                            break
+                        end += len(chunk)
+                    if k < 0:
+                        ranges.append((start, size))
+                        break
+                    end += k + 1
+                    ranges.append((start, end))
+                    start = end
+        except OSError:
+            return None
+        return ranges if len(ranges) > 1 else None
+
+    def _parse_range(self, start: int, end: int, cols: list[str], types: dict[str, pa.DataType]) -> _Range:
+        """Parse bytes [start, end) of the file completely (on a range thread): typed as decided for the file,
+        or as text when a value does not convert; malformed rows are counted per range."""
+        import pyarrow.csv as pacsv
+
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+        note = None
+        for attempt in ([types, {}] if types else [{}]):
+            bad = [0, None]
+
+            def on_invalid(row: Any, bad: list = bad) -> str:
+                bad[0] += 1
+                if bad[1] is None:
+                    number = row.number if row.number is not None and row.number >= 0 else 0
+                    bad[1] = (number, row.actual_columns, row.expected_columns, row.text[:120])
+                return "skip"
+
+            read = pacsv.ReadOptions(column_names=self.names, block_size=self.block_size, use_threads=False)
+            parse = pacsv.ParseOptions(delimiter=self.delimiter or ",", invalid_row_handler=on_invalid)
+            conv = pacsv.ConvertOptions(include_columns=cols,
+                                        column_types={c: attempt.get(c, pa.string()) for c in cols},
+                                        strings_can_be_null=True, quoted_strings_can_be_null=True)
+            try:
+                table = pacsv.read_csv(pa.BufferReader(data), read_options=read, parse_options=parse,
+                                       convert_options=conv, memory_pool=reader_memory_pool())
+            except pa.ArrowInvalid as exc:
+                if attempt:
+                    note = str(exc).splitlines()[0]
+                    continue
+                raise RoadmapError(f"--gps {self.path}: cannot read as CSV ({str(exc).splitlines()[0]})") from exc
+            except (pa.ArrowException, UnicodeDecodeError) as exc:
+                raise RoadmapError(f"--gps {self.path}: cannot read as CSV ({str(exc).splitlines()[0]})") from exc
+            return _Range(table.to_batches(), data.count(b"\n"), bad[0], bad[1], bool(attempt), note)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _range_blocks(self, ranges: list[tuple[int, int]], cols: list[str],
+                      types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+        """Batches of every range in file order, the next ranges being parsed on other threads meanwhile."""
+        threads = max(1, min(self.range_threads, os.cpu_count() or 1))
+        line = 2  # the header is line 1
+        as_text = 0
+        with ThreadPoolExecutor(threads, thread_name_prefix="csv-range") as ex:
+            todo = iter(ranges)
+            queue: deque[Future[_Range]] = deque()
+            for a, b in todo:
+                queue.append(ex.submit(self._parse_range, a, b, cols, types))
+                if len(queue) > threads:
+                    break
+            while queue:
+                r = queue.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queue.append(ex.submit(self._parse_range, nxt[0], nxt[1], cols, types))
+                self.malformed += r.malformed
+                if r.first_malformed is not None and self._malformed_example is None:
+                    number, fields, expected, text = r.first_malformed
+                    where = f" row {line + number - 1}" if number > 0 else ""
+                    self._malformed_example = (f"{self.path.name}{where}: {fields} fields, expected {expected}: "
+                                               f"{text!r}")
+                if types and not r.typed:
+                    as_text += 1
+                    log.info("%s: %s; that part read as text", self.path.name, r.note)
+                line += r.lines
+                yield from r.batches
+        typed = "typed: " + ", ".join(f"{c} {t}" for c, t in types.items()) if types else "text"
+        self.read_mode = f"{typed}; {len(ranges)} ranges in parallel" + (
+            f", {as_text} of them as text after a value that did not convert" if as_text else "")
+
+    def _blocks(self, parallel: bool = False) -> Iterator[pa.RecordBatch]:
+        """The selected columns batch by batch: a probe of the first block settles the vehicle column, the time
+        format and the column types; the file is then read typed, or as text after a conversion failure. With
+        `parallel`, a large plain CSV file is parsed by byte ranges on several threads."""
+        cols = self.columns.selected()
+        probe_cols = cols + [c for c in self._vehicle_alternatives if c not in cols]
+        probe = self._probe_head(probe_cols)
+        if probe is None:
+            gen = self._raw_batches(probe_cols, count_malformed=False)
+            probe = next(gen, None)
+            gen.close()
+        if probe is None:
+            return
+        self._settle_vehicle(probe)
+        cols = self.columns.selected()
+        if self.format == "parquet":
+            yield from self._raw_batches(cols)
+            return
+        self.time_format.parse(probe.column(probe.schema.names.index(self.columns.time)))
+        types = self._column_types(probe) if self.typed_read else {}
+        ranges = self._split_ranges() if parallel else None
+        if ranges:
+            yield from self._range_blocks(ranges, cols, types)
+            return
+        sizes: list[int] = []
+        if types:
+            self.read_mode = "typed: " + ", ".join(f"{c} {t}" for c, t in types.items())
+            try:
+                for batch in self._raw_batches(cols, types=types):
+                    sizes.append(batch.num_rows)
+                    yield batch
+                return
+            except _TypedReadFailed as exc:
+                log.info("%s: %s; reading the rest as text", self.path.name, exc)
+                self.read_mode = f"text from block {len(sizes) + 1} ({exc})"
+            # Blocks are cut at the same bytes whatever the column types: skip the ones already delivered. Their
+            # malformed rows are counted again by the text reader (the typed reader's count is discarded).
+            self._generation += 1
+            self.malformed = 0
+            self._malformed_example = None
+        else:
+            self.read_mode = "text"
+        for i, batch in enumerate(self._raw_batches(cols)):
+            if i < len(sizes):
+                if batch.num_rows != sizes[i]:  # pragma: no cover - would be an Arrow change
+                    raise RoadmapError(f"--gps {self.path}: block {i} has {batch.num_rows} rows read as text but "
+                                       f"{sizes[i]} typed")
+                continue
+            yield batch
+
     def batches(self, vehicles: VehicleIndex, drops: DropLog, pool: Executor | None = None,
                 ahead: int = 2) -> Iterator[ParsedBatch]:
         """Parsed, validated batches in file order; dropped rows are counted in `drops`.
@@ -629,30 +1091,16 @@ class GpsFile:
         are read; vehicle codes, drop examples and row numbers still follow file order, so the result is the
         same as without it.
         """
-        settled = False
-        if self._vehicle_alternatives and "vehicle" not in self.overrides:
-            # Probe the first block with every vehicle candidate, then read the file with the chosen one only.
-            cols = self.columns.selected() + [c for c in self._vehicle_alternatives
-                                              if c not in self.columns.selected()]
-            gen = self._raw_batches(cols, count_malformed=False)
-            probe = next(gen, None)
-            gen.close()
-            if probe is not None:
-                self._settle_vehicle(probe)
-            settled = True
         queue: deque[Future[_Pending]] = deque()
-        for raw in self._raw_batches(self.columns.selected()):
-            if not settled:
-                self._settle_vehicle(raw)
-                settled = True
+        for raw in self._blocks(parallel=pool is not None):
             row_base = self.rows_read
             self.rows_read += raw.num_rows
             if pool is None or self.time_format.kind is None:
                 while queue:
                     yield self._finish(queue.popleft().result(), vehicles, drops)
-                yield self._finish(self._parse(raw, row_base), vehicles, drops)
+                yield self._finish(self._parse(raw, row_base, vehicles), vehicles, drops)
                 continue
-            queue.append(pool.submit(self._parse, raw, row_base))
+            queue.append(pool.submit(self._parse, raw, row_base, vehicles))
             while len(queue) > ahead:
                 yield self._finish(queue.popleft().result(), vehicles, drops)
         while queue:
@@ -665,7 +1113,9 @@ class GpsFile:
     def _finish(self, p: _Pending, vehicles: VehicleIndex, drops: DropLog) -> ParsedBatch:
         for name, k, example in p.drops:
             drops.add(name, k, example)
-        if p.veh_idx is not None:
+        if p.veh_codes is not None:
+            veh = p.veh_codes
+        elif p.veh_idx is not None:
             assert p.veh_names is not None
             veh = vehicles.codes_for(p.veh_names, p.veh_idx)
         else:
@@ -679,11 +1129,15 @@ class GpsFile:
             name = getattr(cm, role)
             if name is None or name not in raw.schema.names:
                 continue
-            parts.append(f"{name}={raw.column(raw.schema.names.index(name))[i].as_py()!r}")
+            value = raw.column(raw.schema.names.index(name))[i].as_py()
+            if value is not None and not isinstance(value, str):  # a typed read: show it as text, as in the file
+                value = value.isoformat(" ") if hasattr(value, "isoformat") else repr(value)
+            parts.append(f"{name}={value!r}")
         return f"{self.path.name} row {row_base + i + 1}: " + ", ".join(parts)
 
-    def _parse(self, raw: pa.RecordBatch, row_base: int) -> _Pending:
-        """Parse and validate one batch (no shared state is changed once the time format is known)."""
+    def _parse(self, raw: pa.RecordBatch, row_base: int, vehicles: VehicleIndex | None = None) -> _Pending:
+        """Parse and validate one batch (no shared state is changed once the time format is known; `vehicles`
+        is only read)."""
         cm = self.columns
         n = raw.num_rows
         names = raw.schema.names
@@ -694,11 +1148,11 @@ class GpsFile:
         y, y_miss, y_bad = parse_numbers(col(cm.lat))
         x, x_miss, x_bad = parse_numbers(col(cm.lon))
         t, t_miss, t_bad = self.time_format.parse(col(cm.time))
-        veh_names: list[str] | None = None
+        veh_names: pa.Array | None = None
         veh_idx: np.ndarray | None = None
         veh_missing = np.zeros(n, dtype=bool)
         if cm.vehicle is not None:
-            veh_names, veh_idx = VehicleIndex.dictionary(col(cm.vehicle))
+            veh_names, veh_idx = VehicleIndex.arrow_dictionary(col(cm.vehicle))
             veh_missing = veh_idx < 0
         if self.gps_crs is not None:
             lon, lat = self._unproject(x, y)
@@ -730,17 +1184,26 @@ class GpsFile:
         if cm.speed is not None:
             s, _, _ = parse_numbers(col(cm.speed))
             with np.errstate(invalid="ignore"):
-                s[s < 0] = np.nan  # -1 and similar mean "unknown"
+                negative = s < 0
+            if negative.any():
+                s = np.where(negative, np.nan, s)  # -1 and similar mean "unknown"
             speed = (s * self.speed_factor).astype(np.float32)
         if cm.bearing is not None:
             b, _, _ = parse_numbers(col(cm.bearing))
-            bearing = np.mod(b, 360.0).astype(np.float32)
+            with np.errstate(invalid="ignore"):
+                out = np.flatnonzero(~((b >= 0.0) & (b < 360.0)))  # NaN too, but np.mod keeps it NaN
+            bearing = b.astype(np.float32)
+            if out.size:
+                bearing[out] = np.mod(b[out], 360.0)
         if dropped:
             keep = reason == 0
             t, lon, lat, speed, bearing = t[keep], lon[keep], lat[keep], speed[keep], bearing[keep]
             if veh_idx is not None:
                 veh_idx = veh_idx[keep]
-        return _Pending(n, veh_names, veh_idx, t, lon, lat, speed, bearing, dropped)
+        codes = None
+        if vehicles is not None and veh_names is not None and veh_idx is not None:
+            codes = vehicles.known(veh_names, veh_idx)  # on this worker thread when nothing new is in the batch
+        return _Pending(n, veh_names, veh_idx, t, lon, lat, speed, bearing, dropped, codes)
 
     def _file_vehicle_name(self, vehicles: VehicleIndex) -> str:
         if not hasattr(self, "_own_vehicle"):

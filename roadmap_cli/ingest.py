@@ -1,19 +1,28 @@
 """The ingest stage: GPS files and imagery into the workdir's grid, imagery.vrt, point store and ingest report.
 
-GPS goes through two streaming passes so memory stays flat however large the input:
+GPS goes through two passes:
 
 1. Every file is read in Arrow record batches, parsed and validated (`roadmap_cli.gpsio`), and the valid rows
-   are appended, as fixed-size records, to a spill file on disk in runs sorted by bucket (vehicle code modulo
-   `N_BUCKETS`). A vehicle's rows thus all land in one bucket, whatever file or order they came in.
-2. Buckets are processed a group at a time (at most `group_rows` rows in memory): sorted by (vehicle, time),
-   duplicates of (vehicle, time) dropped (one is kept), each sample's interval since the same vehicle's
-   previous sample computed, missing speed and bearing derived from consecutive samples, positions projected
-   to continuous pixel coordinates of the grid (see `_Projector`), samples outside the grid dropped, and the
-   rest appended to the point store. A single bucket larger than `group_rows` (few vehicles, many samples)
-   is cut into time slices processed in order, carrying each vehicle's last sample across slices.
+   are kept as fixed-size records (`BUCKET_DTYPE`, 36 bytes). Inputs of up to `memory_rows` rows (estimated
+   from the file sizes before reading; 4 million by default) keep them in memory. Larger inputs, so that
+   memory stays flat however large they are, append them to a spill file on disk in runs sorted by bucket
+   (vehicle code modulo `N_BUCKETS`): a vehicle's rows thus all land in one bucket, whatever file or order
+   they came in. An input found larger than its estimate while reading moves to disk at that point.
+2. The records are sorted by vehicle (in memory: all at once, a stable radix sort; from disk: a group of
+   buckets of at most `group_rows` rows at a time) and processed in chunks of whole vehicles of about
+   `MEMORY_CHUNK_ROWS` rows: sorted by (vehicle, time), duplicates of (vehicle, time) dropped (the first in
+   input order is kept), each sample's interval since the same vehicle's previous sample computed, missing
+   speed and bearing derived from consecutive samples, positions projected to continuous pixel coordinates of
+   the grid (see `_Projector`), samples outside the grid dropped, and the rest appended to the point store
+   (which sorts them by tile a buffer at a time). A vehicle with more rows than a chunk is cut into time
+   slices, each given the vehicle's last sample before it; a single bucket larger than `group_rows` on disk
+   (few vehicles, many samples) is cut into time slices processed in order, carrying each vehicle's last
+   sample across slices.
 
-Both passes run their numeric work on `WORKERS` threads (Arrow, numpy and pyproj release the GIL) and hand the
-results back in input order, so the store and the report do not depend on thread timing.
+Both passes run their numeric work on `WORKERS` threads (Arrow, numpy and pyproj release the GIL; CSV files
+are parsed by byte ranges on threads of their own; full store buffers are sorted and written on another) and
+hand the results back in input order, so the store and the report do not depend on thread timing. The disk
+and memory paths give the same store content and report (tests/test_ingest.py checks it).
 
 Derived values, and why: speed (m/s) and bearing (degrees clockwise from north) of a sample come from the
 segment arriving at it (or, for a vehicle's first sample, the segment leaving it), measured on a local
@@ -26,12 +35,14 @@ that stands still keeps the bearing of its last movement. Only values missing fr
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import threading
 import time as _time
 import uuid
@@ -57,6 +68,7 @@ from roadmap_cli.gpsio import (
     expand_gps_paths,
     guess_quantum,
     parse_columns_spec,
+    reading_pool,
 )
 from roadmap_cli.grid import Grid, utm_epsg_for
 from roadmap_cli.progress import progress
@@ -76,11 +88,17 @@ BUCKET_DTYPE = np.dtype([("vehicle", "<i4"), ("time", "<f8"), ("lon", "<f8"), ("
                          ("speed", "<f4"), ("bearing", "<f4")])
 N_BUCKETS = 256
 GROUP_ROWS = 250_000
+MEMORY_ROWS = 4_000_000  # inputs up to this many rows skip the disk spill (36 bytes a row held in memory)
+# Rows per pass-2 chunk for inputs held in memory: the temporaries of a chunk (a few hundred bytes a row) stay
+# small enough for the allocator to reuse instead of mapping fresh pages for every chunk (measured: larger
+# chunks cost more in page faults than they save in per-chunk overhead).
+MEMORY_CHUNK_ROWS = 65_536  # (also the chunks of a bucket group read back from the disk spill)
 DERIVE_MAX_GAP_S = 300.0
 MIN_MOVE_M = 0.5
 EARTH_RADIUS_M = 6_371_008.8
 MAX_GRID_SIDE = 4_000_000  # pixels; a larger GPS-derived grid almost always means an outlier far away
 DEFAULT_RESOLUTION = 0.5
+FLUSH_THREAD = True  # sort and write full store buffers on a thread of their own (see StoreWriter)
 WORKERS = 2  # threads for parsing batches and processing bucket groups (numpy, Arrow and pyproj release the GIL)
 
 
@@ -100,6 +118,7 @@ class IngestOptions:
     tile_size: int = DEFAULT_TILE_SIZE
     group_rows: int = GROUP_ROWS
     block_size: int = 2 << 20
+    memory_rows: int = MEMORY_ROWS
 
 
 # ---- spill files (pass 1 buckets, time slices) -------------------------------------------------------------
@@ -195,6 +214,109 @@ def _bucket_records(pb: ParsedBatch) -> np.ndarray:
     return rec
 
 
+class _Rows:
+    """Pass-1 records held in memory (inputs within the memory budget): one array sized by the row estimate,
+    extended by further arrays when the estimate was short. Pages never written are never resident.
+
+    `add` reserves each batch's place in input order on the calling thread and, given a pool, copies the batch
+    there on a pool thread (first writes to fresh memory cost page faults: off the reading thread).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._parts: list[np.ndarray] = []
+        self._buf = np.empty(max(1, capacity), dtype=BUCKET_DTYPE)
+        self._n = 0
+        self.size = 0
+        self._pending: list[Future[None]] = []
+
+    @staticmethod
+    def _fill(out: np.ndarray, pb: ParsedBatch) -> None:
+        out["vehicle"] = pb.vehicle
+        out["time"] = pb.time
+        out["lon"] = pb.lon
+        out["lat"] = pb.lat
+        out["speed"] = pb.speed
+        out["bearing"] = pb.bearing
+
+    def add(self, pb: ParsedBatch, pool: ThreadPoolExecutor | None = None) -> None:
+        k = pb.vehicle.size
+        if self._n + k > self._buf.size:
+            if self._n:
+                self._parts.append(self._buf[:self._n])
+            self._buf = np.empty(max(k, self.size // 2, 1 << 16), dtype=BUCKET_DTYPE)  # the estimate was short
+            self._n = 0
+        out = self._buf[self._n:self._n + k]
+        self._n += k
+        self.size += k
+        if pool is None:
+            self._fill(out, pb)
+            return
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(pool.submit(self._fill, out, pb))
+
+    def wait(self) -> None:
+        """Block until every copy handed to the pool is done (re-raising its error)."""
+        for f in self._pending:
+            f.result()
+        self._pending = []
+
+    def parts(self) -> list[np.ndarray]:
+        self.wait()
+        return [*self._parts, self._buf[:self._n]]
+
+    def _clear(self) -> None:
+        self._parts, self._buf, self._n, self.size = [], np.empty(0, dtype=BUCKET_DTYPE), 0, 0
+
+    def array(self) -> np.ndarray:
+        """All records in one array (no copy unless the estimate was short); the holder is emptied."""
+        parts = self.parts()
+        self._clear()
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def spill_into(self, spill: _Spill, piece_rows: int = 1 << 19) -> None:
+        """Move every record into `spill` (a piece at a time, so memory does not double); the holder is emptied."""
+        for part in self.parts():
+            for i in range(0, part.size, piece_rows):
+                piece = part[i:i + piece_rows]
+                spill.add(piece, piece["vehicle"] % N_BUCKETS)
+            spill.flush()
+        self._clear()
+
+
+def _memory_groups(counts: np.ndarray, max_rows: int) -> list[tuple[int, int, bool]]:
+    """Row ranges (start, stop, sliced) over records sorted by vehicle whose per-vehicle `counts` are given:
+    consecutive vehicles grouped to about `max_rows` (under 2 * max_rows), and every vehicle with more than
+    `max_rows` rows alone, to be cut into time slices (`sliced` True)."""
+    if counts.size == 0:
+        return []
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    big = counts > max_rows
+    gid = starts // max(1, max_rows)
+    first = np.ones(counts.size, dtype=bool)
+    first[1:] = (gid[1:] != gid[:-1]) | big[1:] | big[:-1]
+    heads = np.flatnonzero(first)
+    tails = np.append(heads[1:], counts.size) - 1
+    return [(int(starts[h]), int(ends[t]), bool(big[h])) for h, t in zip(heads.tolist(), tails.tolist(),
+                                                                            strict=True)]
+
+
+def _time_cuts(t: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Ranges of about `max_rows` over sorted times, never splitting equal times (duplicates stay together)."""
+    n = t.size
+    bounds = [0]
+    while bounds[-1] + max_rows < n:
+        b = bounds[-1] + max_rows
+        b = int(np.searchsorted(t, t[b], side="left"))
+        if b <= bounds[-1]:
+            b = int(np.searchsorted(t, t[bounds[-1] + max_rows], side="right"))
+        if b >= n:
+            break
+        bounds.append(b)
+    bounds.append(n)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
 def _groups(counts: np.ndarray, max_rows: int) -> list[list[int]]:
     """Consecutive non-empty buckets grouped so that each group holds at most `max_rows` (or one bucket)."""
     groups: list[list[int]] = []
@@ -238,15 +360,22 @@ def _vehicle_key(v: np.ndarray) -> np.ndarray:
     return rank.astype(np.uint16) if rank.max() < 65536 else rank
 
 
-def _sort_vehicle_time(v: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Order by (vehicle, time). Rows usually arrive in time order per vehicle (time-sorted or vehicle-sorted
-    files), so a stable sort by vehicle alone is tried first; a time sort is added only when needed."""
+def _sort_vehicle_time(v: np.ndarray, t: np.ndarray) -> np.ndarray | None:
+    """Order by (vehicle, time), stable (equal samples keep their input order); None when already in order.
+
+    Rows usually arrive in time order per vehicle (time-sorted or vehicle-sorted files), so a stable sort by
+    vehicle alone is tried first; a time sort is added only when needed."""
+    if v.size < 2:
+        return None
+    same = v[1:] == v[:-1]
+    if np.all((v[1:] > v[:-1]) | (same & (t[1:] >= t[:-1]))):
+        return None
     key = _vehicle_key(v)
     order = np.argsort(key, kind="stable")
     ks, ts = key[order], t[order]
     if np.all((ts[1:] >= ts[:-1]) | (ks[1:] != ks[:-1])):
         return order
-    o1 = np.argsort(t)
+    o1 = np.argsort(t, kind="stable")
     return o1[np.argsort(key[o1], kind="stable")]
 
 
@@ -382,6 +511,7 @@ class _ChunkOut:
     context: np.ndarray  # each vehicle's last record (for the next time slice)
     drops: list[tuple[str, int, str]]
     stats: _Partial
+    tile_ids: np.ndarray | None = None  # the store tile of each sample
 
 
 class _Projector:
@@ -464,16 +594,24 @@ class _Projector:
             self._coef.append(tuple(np.ascontiguousarray(x).ravel() for x in
                                     (v00, v10 - v00, v01 - v00, v11 - v10 - v01 + v00)))
 
-    def _interpolate(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bilinear lattice values and a mask of the points off the lattice (their values are meaningless)."""
+    def _interpolate(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Bilinear lattice values and a mask of the points off the lattice (their values are meaningless), None
+        when every point is on it (the usual case: the lattice spans the data's bounding box)."""
         m = self._n - 1  # cells per side
         fx = lon - self._origin[0]
         fx *= self._scale[0]
         fy = lat - self._origin[1]
         fy *= self._scale[1]
-        off = (fx < 0) | (fx > m) | (fy < 0) | (fy > m)
-        ix = np.clip(fx, 0, m - 1).astype(np.int32)
-        iy = np.clip(fy, 0, m - 1).astype(np.int32)
+        off = None
+        if fx.size and not (fx.min() >= 0 and fx.max() <= m and fy.min() >= 0 and fy.max() <= m):
+            off = ~((fx >= 0) & (fx <= m) & (fy >= 0) & (fy <= m))
+            ix = np.clip(fx, 0, m - 1).astype(np.int32)
+            iy = np.clip(fy, 0, m - 1).astype(np.int32)
+        else:
+            ix = fx.astype(np.int32)
+            np.minimum(ix, m - 1, out=ix)
+            iy = fy.astype(np.int32)
+            np.minimum(iy, m - 1, out=iy)
         fx -= ix
         fy -= iy
         cell = iy * m
@@ -497,17 +635,17 @@ class _Projector:
         if self.lattice is None or lon.size < self.MIN_POINTS:
             return self._exact(lon, lat)
         col, row, off = self._interpolate(lon, lat)
-        if off.any():
+        if off is not None and off.any():
             col[off], row[off] = self._exact(lon[off], lat[off])
         return col, row
 
 
 def _process_chunk(rec: np.ndarray, context: np.ndarray | None, project: _Projector, names: list[str],
-                   tile_sort: Callable[[np.ndarray], np.ndarray] | None = None) -> _ChunkOut:
+                   tile_ids: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _ChunkOut:
     """Pass 2 on one chunk of bucket records: sort by (vehicle, time), drop duplicates, intervals, derived
     speed and bearing, projection to pixels, drop outside the grid. `context` holds each vehicle's last record
     before this chunk (time slices); it shapes intervals and derived values but is not emitted again.
-    `tile_sort` (the store writer's `sort_by_tile`) orders the output for the store, here on a worker thread."""
+    `tile_ids` (the store writer's) gives each sample's store tile, here on a worker thread."""
     grid = project.grid
     drops: list[tuple[str, int, str]] = []
     n_ctx = 0 if context is None else context.size
@@ -518,7 +656,8 @@ def _process_chunk(rec: np.ndarray, context: np.ndarray | None, project: _Projec
     is_ctx = np.zeros(rec.size, dtype=bool)
     is_ctx[:n_ctx] = True
     order = _sort_vehicle_time(rec["vehicle"], rec["time"])
-    rec, is_ctx = take_records(rec, order), is_ctx[order]
+    if order is not None:
+        rec, is_ctx = take_records(rec, order), is_ctx[order]
     v, t = rec["vehicle"], rec["time"]
     dup = np.zeros(rec.size, dtype=bool)
     dup[1:] = (v[1:] == v[:-1]) & (t[1:] == t[:-1])
@@ -586,6 +725,7 @@ def _process_chunk(rec: np.ndarray, context: np.ndarray | None, project: _Projec
     k = col.size
     samples = np.empty(k, dtype=SAMPLE_DTYPE)
     stats = _Partial()
+    ids = tile_ids(col, row) if tile_ids is not None and k else None
     if k:
         samples["col"], samples["row"], samples["time"], samples["vehicle"] = col, row, t, v
         samples["interval"], samples["speed"], samples["bearing"] = interval, speed, bearing
@@ -599,9 +739,7 @@ def _process_chunk(rec: np.ndarray, context: np.ndarray | None, project: _Projec
             d["unknown"] = int(k - np.count_nonzero(known))
         for acc, x in ((stats.lon, lon), (stats.lat, lat), (stats.time, t)):
             acc[0], acc[1] = float(x.min()), float(x.max())
-        if tile_sort is not None:
-            samples = tile_sort(samples)
-    return _ChunkOut(samples, next_context, drops, stats)
+    return _ChunkOut(samples, next_context, drops, stats, ids)
 
 
 # ---- the GPS part of ingest --------------------------------------------------------------------------------
@@ -683,31 +821,138 @@ def _hint(drops: DropLog) -> str:
     return hints.get(worst[0][0], "")
 
 
+class _InOrder:
+    """Runs pass-2 jobs on the pool and hands their results to `take` in submission order (so the store and
+    the report do not depend on thread timing), with at most `depth` jobs in flight: enough that the workers
+    keep busy while `take` (the store writer sorting and writing a full buffer) holds the calling thread."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, workers: int, take: Callable[[_ChunkOut], Any],
+                 bar: Any) -> None:
+        self.pool, self.take, self.bar = pool, take, bar
+        self.depth = 4 * workers
+        self.queue: deque[tuple[Future[_ChunkOut], int]] = deque()
+
+    def submit(self, n: int, fn: Callable[..., _ChunkOut], *args: Any) -> None:
+        if self.pool is None:
+            self.take(fn(*args))
+            self.bar.update(n)
+            return
+        self.queue.append((self.pool.submit(fn, *args), n))
+        while self.queue and (len(self.queue) > self.depth or self.queue[0][0].done()):
+            self._pop()
+
+    def _pop(self) -> None:
+        fut, n = self.queue.popleft()
+        self.take(fut.result())
+        self.bar.update(n)
+
+    def drain(self) -> None:
+        while self.queue:
+            self._pop()
+
+
+def _take_and_process(rows: np.ndarray, index: np.ndarray, context: np.ndarray | None, project: _Projector,
+                      names: list[str], tile_ids: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> _ChunkOut:
+    return _process_chunk(take_records(rows, index), context, project, names, tile_ids)
+
+
+def _pass2_memory(rows: np.ndarray, chunk_rows: int, runner: _InOrder, project: _Projector, names: list[str],
+                  tile_ids: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Pass 2 over in-memory records: one stable sort by vehicle, then chunks of whole vehicles (about
+    `chunk_rows` rows each) on the pool. A vehicle with more rows is cut into time slices; as all its rows are
+    at hand, each slice gets its context (the vehicle's last sample before it, the first of equal times)
+    directly, so the slices are independent chunks too."""
+    if rows.size == 0:
+        return
+    key = _vehicle_key(rows["vehicle"])
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(key)
+    counts = counts[counts > 0]  # rows per vehicle, in key order
+    del key
+    for a, b, sliced in _memory_groups(counts, chunk_rows):
+        if not sliced:
+            runner.submit(b - a, _take_and_process, rows, order[a:b], None, project, names, tile_ids)
+            continue
+        sub = order[a:b]  # one vehicle, in input order
+        t = rows["time"][sub]
+        if np.any(t[1:] < t[:-1]):
+            by_time = np.argsort(t, kind="stable")
+            sub, t = sub[by_time], t[by_time]
+        context = None
+        for i, j in _time_cuts(t, chunk_rows):
+            runner.submit(j - i, _take_and_process, rows, sub[i:j], context, project, names, tile_ids)
+            last = int(np.searchsorted(t, t[j - 1], side="left"))  # the sample kept of the slice's last time
+            context = rows[sub[last:last + 1]]
+
+
+def _pass2_spill(buckets: _Spill, group_rows: int, chunk_rows: int, runner: _InOrder, work_dir: Path,
+                 project: _Projector, names: list[str],
+                 tile_ids: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Pass 2 over the bucket spill: groups of buckets of up to `group_rows` rows read in turn and processed as
+    in memory (chunks of `chunk_rows` on the pool); a bucket larger than `group_rows` in time slices, in order,
+    carrying each vehicle's last sample from one slice to the next."""
+    for group in _groups(buckets.counts, group_rows):
+        n_group = int(sum(buckets.counts[i] for i in group))
+        if len(group) == 1 and n_group > group_rows:
+            runner.drain()
+            path = work_dir / f"slices{group[0]:04d}.bin"
+            slices, n_slices = _time_slices(buckets, group[0], group_rows, path)
+            context = None
+            for k in range(n_slices):
+                context = runner.take(_process_chunk(slices.read([k]), context, project, names, tile_ids))
+            slices.close()
+            path.unlink()
+            runner.bar.update(n_group)
+            continue
+        _pass2_memory(buckets.read(group), chunk_rows, runner, project, names, tile_ids)
+
+
 def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: Path, *,
                overrides: dict[str, str | None], gps_crs: Any = None, speed_unit: str = "km/h",
                max_bad_fraction: float = 0.5, crs: Any = None, resolution: float = DEFAULT_RESOLUTION,
                tile_size: int = DEFAULT_TILE_SIZE, group_rows: int = GROUP_ROWS,
-               block_size: int = 2 << 20) -> tuple[Grid, dict[str, Any]]:
+               block_size: int = 2 << 20, memory_rows: int = MEMORY_ROWS) -> tuple[Grid, dict[str, Any]]:
     """Read GPS `files` into a point store at `store_dir` on `grid` (None: from the GPS extent).
 
-    `work_dir` holds the bucket files (deleted by the caller). Returns the grid and the GPS part of the report.
+    Inputs of up to `memory_rows` rows (estimated from the file sizes, checked while reading) are held in
+    memory between the passes; larger ones go through bucket files in `work_dir` (deleted by the caller), so
+    that memory stays flat however large the input. Returns the grid and the GPS part of the report.
     """
     t0 = _time.perf_counter()
+    warm_pyproj = "pyproj" not in sys.modules  # pass 2 needs it: import it (about 50 ms) while pass 1 reads
     sources = [GpsFile(p, overrides, gps_crs=gps_crs, speed_unit=speed_unit, block_size=block_size) for p in files]
     vehicles = VehicleIndex()
     drops = DropLog()
     work_dir.mkdir(parents=True, exist_ok=True)
-    buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
+    estimate = sum(s.estimate_rows() for s in sources)
+    memory: _Rows | None = None
+    buckets: _Spill | None = None
+    if estimate <= memory_rows:
+        memory = _Rows(min(memory_rows, int(1.1 * estimate) + 1024))
+    else:
+        buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
     ext = _Extent()
     q_lat: list[np.ndarray] = []
     q_lon: list[np.ndarray] = []
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        with progress(desc="reading GPS", unit="rows", unit_scale=True) as bar:
+        with reading_pool(), progress(desc="reading GPS", unit="rows", unit_scale=True) as bar:
             for src in sources:
                 first = True
                 for pb in src.batches(vehicles, drops, pool=pool if workers > 1 else None):
-                    buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
+                    if warm_pyproj:  # now that parsing (which releases the GIL) is under way
+                        threading.Thread(target=importlib.import_module, args=("pyproj",), daemon=True).start()
+                        warm_pyproj = False
+                    if memory is not None:
+                        memory.add(pb, pool if workers > 1 else None)
+                        if memory.size > memory_rows:  # the estimate was short: continue on disk
+                            log.info("more than %d GPS rows: spilling to disk", memory_rows)
+                            buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
+                            memory.spill_into(buckets)
+                            memory = None
+                    else:
+                        assert buckets is not None
+                        buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
                     ext.update(pb.lon, pb.lat)
                     if first and pb.lat.size:
                         q_lat.append(pb.lat[:20_000])
@@ -716,12 +961,15 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
                     bar.update(pb.rows)
                 if src.rows_read == 0:
                     log.warning("%s: no data rows", src.path)
-        buckets.finish()
+        spilled = buckets is not None
+        if buckets is not None:
+            buckets.finish()
+        n_valid = memory.size if memory is not None else buckets.total  # type: ignore[union-attr]
         rows_read = sum(s.rows_read for s in sources)
         if rows_read == 0:
             names = ", ".join(str(p) for p in files)
             raise RoadmapError(f"--gps {names}: no data rows (only a header?)")
-        _check_bad(rows_read, buckets.total, drops, max_bad_fraction, files)
+        _check_bad(rows_read, n_valid, drops, max_bad_fraction, files)
         t1 = _time.perf_counter()
 
         if grid is None:
@@ -729,50 +977,39 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
         stats = _Pass2Stats(len(vehicles.names))
         project = _Projector(grid, (ext.lon[0], ext.lon[1], ext.lat[0], ext.lat[1]))
         names = vehicles.names
-        writer = StoreWriter(store_dir, grid.width, grid.height, tile_size=tile_size)
-        tile_sort = writer.sort_by_tile
+        # Full store buffers are sorted and written on a thread of their own while pass 2 goes on.
+        flusher = ThreadPoolExecutor(1, thread_name_prefix="store-flush") if workers > 1 and FLUSH_THREAD else None
+        writer = StoreWriter(store_dir, grid.width, grid.height, tile_size=tile_size, executor=flusher)
+        tile_ids = writer.tile_ids
 
         def take(out: _ChunkOut) -> np.ndarray:
             # In chunk order, so that the store and the report do not depend on thread timing.
-            writer.append(out.samples, tile_sorted=True)
+            writer.append(out.samples, tile_ids=out.tile_ids)
             for reason, k, example in out.drops:
                 drops.add(reason, k, example)
             stats.merge(out.stats)
             return out.context
 
-        queue: deque[tuple[Future[_ChunkOut], int]] = deque()
-        with progress(total=buckets.total, desc="indexing GPS", unit="rows", unit_scale=True) as bar:
-            for group in _groups(buckets.counts, group_rows):
-                n_group = int(sum(buckets.counts[i] for i in group))
-                if len(group) == 1 and n_group > group_rows:
-                    while queue:
-                        fut, n = queue.popleft()
-                        take(fut.result())
-                        bar.update(n)
-                    path = work_dir / f"slices{group[0]:04d}.bin"
-                    slices, n_slices = _time_slices(buckets, group[0], group_rows, path)
-                    context = None
-                    for k in range(n_slices):
-                        context = take(_process_chunk(slices.read([k]), context, project, names, tile_sort))
-                    slices.close()
-                    path.unlink()
-                    bar.update(n_group)
-                    continue
-                if workers == 1:
-                    take(_process_chunk(buckets.read(group), None, project, names, tile_sort))
-                    bar.update(n_group)
-                    continue
-                queue.append((pool.submit(_process_chunk, buckets.read(group), None, project, names, tile_sort),
-                              n_group))
-                while len(queue) > workers:
-                    fut, n = queue.popleft()
-                    take(fut.result())
-                    bar.update(n)
-            while queue:
-                fut, n = queue.popleft()
-                take(fut.result())
-                bar.update(n)
-    buckets.close()
+        try:
+            with progress(total=n_valid, desc="indexing GPS", unit="rows", unit_scale=True) as bar:
+                runner = _InOrder(pool if workers > 1 else None, workers, take, bar)
+                if memory is not None:
+                    rows = memory.array()
+                    memory = None
+                    _pass2_memory(rows, min(group_rows, MEMORY_CHUNK_ROWS), runner, project, names, tile_ids)
+                    runner.drain()
+                    del rows
+                else:
+                    assert buckets is not None
+                    _pass2_spill(buckets, group_rows, min(group_rows, MEMORY_CHUNK_ROWS), runner, work_dir,
+                                 project, names, tile_ids)
+                    runner.drain()
+                writer.flush()
+        finally:
+            if flusher is not None:
+                flusher.shutdown(wait=True)
+    if buckets is not None:
+        buckets.close()
     _check_bad(rows_read, stats.kept, drops, max_bad_fraction, files)
     t2 = _time.perf_counter()
 
@@ -803,7 +1040,8 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
         "bearing_deg": dict(stats.bearing),
         "derivation": {"max_gap_s": DERIVE_MAX_GAP_S, "min_move_m": MIN_MOVE_M},
         "projection": project.describe(),
-        "store": {"tile_size": tile_size, "n_samples": stats.kept, "tiles": n_tiles},
+        "store": {"tile_size": tile_size, "n_samples": stats.kept, "tiles": n_tiles,
+                  "spilled_to_disk": spilled},
         "timing_s": {"read": round(t1 - t0, 3), "index": round(t2 - t1, 3)},
     }
     return grid, report
@@ -920,7 +1158,7 @@ def run_ingest(wd: Workdir, opts: IngestOptions) -> dict[str, Any]:
                 speed_unit=settings.get("speed_unit", opts.speed_unit),
                 max_bad_fraction=float(settings.get("max_bad_fraction", opts.max_bad_fraction)),
                 crs=crs, resolution=opts.resolution or DEFAULT_RESOLUTION, tile_size=opts.tile_size,
-                group_rows=opts.group_rows, block_size=opts.block_size)
+                group_rows=opts.group_rows, block_size=opts.block_size, memory_rows=opts.memory_rows)
         assert grid is not None
         report: dict[str, Any] = {"roadmap_version": __version__,
                                   "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}

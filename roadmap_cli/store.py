@@ -3,10 +3,11 @@
 Format (version 2), and why: `samples.bin` holds fixed-size little-endian records (`SAMPLE_DTYPE`) written as
 they stream in, a buffer at a time, each buffer sorted by grid tile; `index.npy` lists the extents, one row
 (tile id, first record, record count) per tile per buffer, sorted by tile; `meta.json` has the tile size and
-the count per tile, `vehicles.json` the vehicle ids. Ingest writes every record exactly once and never holds
-the whole input (a window query reads only the extents of the tiles it touches, from a read-only memory map,
-with no decoding), two files are created however many tiles there are (creating thousands of small files
-costs more than writing the data on common file systems), and the files are readable from any language.
+the count per tile, `vehicles.json` the vehicle ids. The writer writes every record exactly once and holds one
+buffer at a time, never the whole store (a window query reads only the extents of the tiles it touches, with
+positional reads and no decoding), two files are created however many tiles there are (creating thousands of
+small files costs more than writing the data on common file systems), and the files are readable from any
+language.
 Columnar formats (Parquet) would compress better but cost decode time on the hot path of training (thousands
 of window queries per epoch). Version 1 stores (one `tiles/<ty>_<tx>.bin` file per tile) are still read.
 
@@ -21,7 +22,9 @@ import io
 import json
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
@@ -86,15 +89,27 @@ def take_records(records: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(raw, index, axis=0).view(records.dtype).reshape(-1)
 
 
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    """Write the bytes of a contiguous array at a byte offset of a file (positional: threads may write apart)."""
+    view = memoryview(data).cast("B")
+    pos = 0
+    while pos < view.nbytes:
+        pos += os.pwrite(fd, view[pos:], offset + pos)
+
+
 class StoreWriter:
     """Streams samples into a store folder. Use as a context manager; the caller renames the folder into place.
 
-    `append` buffers; every `buffer_bytes` the buffer is sorted by tile and appended to `samples.bin` as one
-    extent per tile. `close(vehicles)` writes the index and metadata.
+    `append` collects samples (keeping a reference: do not modify them afterwards) until they fill
+    `buffer_bytes`; then they are sorted by tile (a stable radix sort) into one buffer and written at their
+    place in `samples.bin` as one extent per tile. The buffers are allocated once and reused, so writing
+    costs no fresh memory per flush. With `executor`, that sorting and writing happens on it while
+    the next samples are collected (one flush in flight), so the caller's thread does no copying at all.
+    `close(vehicles)` writes the index and metadata.
     """
 
     def __init__(self, path: str | os.PathLike[str], width: int, height: int, tile_size: int = DEFAULT_TILE_SIZE,
-                 buffer_bytes: int = 16 << 20) -> None:
+                 buffer_bytes: int = 16 << 20, executor: Executor | None = None) -> None:
         self.path = Path(path)
         self.width, self.height, self.tile_size = int(width), int(height), int(tile_size)
         if self.tile_size <= 0:
@@ -102,39 +117,62 @@ class StoreWriter:
         self.tiles_x = max(1, -(-self.width // self.tile_size))
         self.tiles_y = max(1, -(-self.height // self.tile_size))
         self.counts: dict[int, int] = {}  # flat tile id -> samples
-        self._buffers: list[np.ndarray] = []
+        self._capacity = max(1, int(buffer_bytes) // SAMPLE_DTYPE.itemsize)
+        self._executor = executor
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []  # (samples, tile ids) collected since the last flush
+        self._bufs: tuple[np.ndarray, np.ndarray] | None = None  # tile ids and sorted samples of the flush
         self._buffered = 0
-        self._buffer_bytes = buffer_bytes
+        self._pending: deque[Future[np.ndarray]] = deque()  # flushes in flight, in file order
         self._extents: list[np.ndarray] = []  # (E, 3) int64 blocks: tile id, first record, count
-        self._written = 0
+        self._written = 0  # records placed in the file (written or being written)
         self.path.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path / "samples.bin", "wb")  # noqa: SIM115 - closed in close()/__exit__
 
     def tile_ids(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
         """Flat tile index of each position (positions must lie inside the grid: non-negative, so the integer
         part is the floor and floor(floor(x) / n) == floor(x / n) exactly)."""
-        tx = np.asarray(col).astype(np.int64) // self.tile_size
-        ty = np.asarray(row).astype(np.int64) // self.tile_size
-        return ty * self.tiles_x + tx
+        tx = np.asarray(col).astype(np.int64)
+        tx //= self.tile_size
+        ty = np.asarray(row).astype(np.int64)
+        ty //= self.tile_size
+        ty *= self.tiles_x
+        ty += tx
+        return ty
 
-    def append(self, samples: np.ndarray, tile_sorted: bool = False) -> None:
+    def append(self, samples: np.ndarray, tile_sorted: bool = False, tile_ids: np.ndarray | None = None) -> None:
         """Add samples (SAMPLE_DTYPE) lying inside the grid.
 
         `tile_sorted=True` promises they are already ordered by `tile_ids` (as `sort_by_tile` leaves them):
-        they are then written at once as one extent per tile, without buffering or sorting here.
+        they are then written at once as one extent per tile, without buffering or sorting here. `tile_ids`, when
+        given, are the samples' `tile_ids(col, row)` computed by the caller (saving that work here; the caller
+        vouches that the samples lie inside the grid).
         """
         if samples.size == 0:
             return
         if samples.dtype != SAMPLE_DTYPE:
             raise TypeError("samples must have SAMPLE_DTYPE")
+        if tile_ids is None:
+            tile_ids = self._checked_ids(samples)
+        elif tile_ids.shape != samples.shape:
+            raise ValueError("tile_ids must have one id per sample")
         if tile_sorted:
             self.flush()
-            self._write_run(samples, self._checked_ids(samples), None)
+            ids = np.asarray(tile_ids)
+            if ids.size > 1 and np.any(ids[1:] < ids[:-1]):
+                raise ValueError("samples are not sorted by tile")
+            offset = self._written
+            self._written += samples.size
+            self._extents.append(self._write_sorted(np.ascontiguousarray(samples), ids, offset))
+            self._count(self._extents[-1])
             return
-        self._buffers.append(samples)
-        self._buffered += samples.nbytes
-        if self._buffered >= self._buffer_bytes:
-            self.flush()
+        pos = 0
+        while pos < samples.size:
+            k = min(samples.size - pos, self._capacity - self._buffered)
+            self._parts.append((samples[pos:pos + k], tile_ids[pos:pos + k]))
+            self._buffered += k
+            pos += k
+            if self._buffered == self._capacity:
+                self._flush_buffer()
 
     def sort_by_tile(self, samples: np.ndarray) -> np.ndarray:
         """The samples reordered by tile (what `append(..., tile_sorted=True)` expects)."""
@@ -153,33 +191,64 @@ class StoreWriter:
         # Stable radix sort for 16-bit ids (the usual case), numpy's default sort otherwise.
         if self.tiles_x * self.tiles_y <= 65536:
             return np.argsort(ids.astype(np.uint16), kind="stable")
-        return np.argsort(ids)
+        return np.argsort(ids, kind="stable")
 
-    def _write_run(self, samples: np.ndarray, ids: np.ndarray, order: np.ndarray | None) -> None:
-        """Write samples (in `order`, or as they are when None) as one extent per tile."""
-        if order is not None:
-            ids = ids[order]
-            samples = take_records(samples, order)
-        if ids.size > 1 and np.any(ids[1:] < ids[:-1]):
-            raise ValueError("samples are not sorted by tile")
+    def _write_sorted(self, samples: np.ndarray, ids: np.ndarray, offset: int) -> np.ndarray:
+        """Write tile-sorted samples at record `offset`; their extents (tile id, first record, count)."""
         starts = np.flatnonzero(np.diff(ids, prepend=-1))
-        uniq = ids[starts]
         n = np.diff(np.append(starts, ids.size))
-        self._fh.write(np.ascontiguousarray(samples).data)
-        self._extents.append(np.stack([uniq, starts + self._written, n], axis=1).astype(np.int64))
-        self._written += ids.size
-        for t, c in zip(uniq.tolist(), n.tolist(), strict=True):
+        _pwrite_all(self._fh.fileno(), samples, offset * SAMPLE_DTYPE.itemsize)
+        return np.stack([ids[starts], starts + offset, n], axis=1).astype(np.int64)
+
+    def _sort_and_write(self, parts: list[tuple[np.ndarray, np.ndarray]], n: int, offset: int) -> np.ndarray:
+        """Gather `n` collected samples, sort them by tile and write them at record `offset` (one flush at a
+        time: the buffers are shared); their extents."""
+        if self._bufs is None:
+            self._bufs = (np.empty(self._capacity, dtype=np.int64), np.empty(self._capacity, dtype=SAMPLE_DTYPE))
+        ids, out = (b[:n] for b in self._bufs)
+        np.concatenate([i for _, i in parts], out=ids)
+        order = self._tile_order(ids)
+        rows = out.view(np.uint8).reshape(n, SAMPLE_DTYPE.itemsize)
+        if len(parts) == 1:
+            np.take(np.ascontiguousarray(parts[0][0]).view(np.uint8).reshape(n, -1), order, axis=0, out=rows)
+        else:  # scatter each part to its sorted place: no gathering copy of the parts first
+            where = np.empty(n, dtype=np.int64)
+            where[order] = np.arange(n)
+            pos = 0
+            for p, _ in parts:
+                k = p.size
+                rows[where[pos:pos + k]] = np.ascontiguousarray(p).view(np.uint8).reshape(k, -1)
+                pos += k
+        return self._write_sorted(out, ids[order], offset)
+
+    def _count(self, extents: np.ndarray) -> None:
+        for t, c in zip(extents[:, 0].tolist(), extents[:, 2].tolist(), strict=True):
             self.counts[t] = self.counts.get(t, 0) + c
 
-    def flush(self) -> None:
-        """Write the buffered samples as one extent per tile."""
-        if not self._buffers:
+    def _collect(self, keep: int) -> None:
+        """Wait for flushes in flight until at most `keep` remain; record their extents in file order."""
+        while len(self._pending) > keep:
+            extents = self._pending.popleft().result()
+            self._extents.append(extents)
+            self._count(extents)
+
+    def _flush_buffer(self) -> None:
+        if not self._buffered:
             return
-        samples = self._buffers[0] if len(self._buffers) == 1 else np.concatenate(self._buffers)
-        self._buffers = []
-        self._buffered = 0
-        ids = self._checked_ids(samples)
-        self._write_run(samples, ids, self._tile_order(ids))
+        parts, n, offset = self._parts, self._buffered, self._written
+        self._parts, self._buffered = [], 0
+        self._written += n
+        self._collect(0)  # one flush at a time (they share the buffers)
+        if self._executor is None:
+            self._pending.append(_done(self._sort_and_write(parts, n, offset)))
+            self._collect(0)
+        else:
+            self._pending.append(self._executor.submit(self._sort_and_write, parts, n, offset))
+
+    def flush(self) -> None:
+        """Write the buffered samples as one extent per tile and wait until every flush is written."""
+        self._flush_buffer()
+        self._collect(0)
 
     def close(self, vehicles: list[str], extra: dict | None = None) -> None:
         """Flush and write index.npy, meta.json and vehicles.json."""
@@ -208,10 +277,20 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        for fut in self._pending:  # let flushes in flight finish before the file is closed
+            with contextlib.suppress(Exception):
+                fut.result()
+        self._pending.clear()
         if not self._fh.closed:
             self._fh.close()
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _done(value: np.ndarray) -> Future[np.ndarray]:
+    fut: Future[np.ndarray] = Future()
+    fut.set_result(value)
+    return fut
 
 
 class PointStore:

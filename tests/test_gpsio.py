@@ -225,3 +225,113 @@ def test_vehicle_ids_are_trimmed_and_blank_is_missing():
     # numeric ids from Parquet: 4716.0 and 4716 are the same vehicle
     assert v.encode(pa.array([4716.0, None, 4716.0])).tolist() == [2, -1, 2]
     assert v.encode(pa.array([4716], type=pa.int64())).tolist() == [2] and v.names[2] == "4716"
+
+
+@pytest.mark.parametrize("range_bytes", [None, 9000])
+def test_typed_read_falls_back_to_text_and_counts_once(tmp_path, monkeypatch, range_bytes):
+    """Columns are converted by Arrow's CSV reader as typed by the first block; a value it cannot convert in a
+    later block switches the file (or, read by byte ranges in parallel, that range) to text: the rows, drops,
+    malformed-row count and its example row number are the same as reading it all as text."""
+    rng = np.random.default_rng(4)
+    lines = ["vehicle,time,lat,lon,speed"]
+    for i in range(4000):
+        lat = f"{53.4 + rng.uniform(0, 0.01):.6f}"
+        speed = "" if i % 7 == 0 else f"{rng.uniform(0, 50):.1f}"
+        if i == 3100:
+            lat = "53.4x"  # unparsable, far beyond the first block
+        extra = ",x" if i in (40, 3500) else ""  # malformed rows before and after the failure
+        lines.append(f"v{i % 5},{1_700_000_000 + i},{lat},-2.9{i % 10},{speed}{extra}")
+    p = tmp_path / "late_bad.csv"
+    p.write_text("\n".join(lines) + "\n")
+
+    def read(**kw):
+        f = GpsFile(p, block_size=1 << 13)
+        v, d = VehicleIndex(), DropLog()
+        batches = list(f.batches(v, d, **kw))
+        cat = {k: np.concatenate([getattr(b, k) for b in batches]) for k in ("vehicle", "time", "lat", "speed")}
+        return f, d, cat
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    f, d, cat = read()
+    assert f.read_mode.startswith("text from block ") and int(f.read_mode.split()[3]) > 5
+    assert d.counts["malformed_row"] == 2 and d.counts["unparsable_coordinates"] == 1 and d.total == 3
+    assert f.rows_read == 4000 and cat["time"].size == 3997 and "53.4x" in d.examples["unparsable_coordinates"]
+    assert "row 42:" in d.examples["malformed_row"]  # line 42: the header, then rows 0..40
+    if range_bytes:
+        monkeypatch.setattr(GpsFile, "range_bytes", range_bytes)
+    with ThreadPoolExecutor(2) as pool:
+        f2, d2, cat2 = read(pool=pool)
+    if range_bytes:
+        assert "ranges in parallel, 1 of them as text" in f2.read_mode and int(f2.read_mode.split("; ")[1][:2]) > 10
+    assert d2.examples["malformed_row"] == d.examples["malformed_row"]
+    # the example of a malformed row deep in the file names its line, also when it lies in a later range
+    q = tmp_path / "late_malformed.csv"
+    q.write_text("\n".join(ln for i, ln in enumerate(lines) if i != 41) + "\n")  # line 42 (row 40) removed
+    with ThreadPoolExecutor(2) as pool:
+        dq = DropLog()
+        list(GpsFile(q, block_size=1 << 13).batches(VehicleIndex(), dq, pool=pool))
+    assert dq.counts["malformed_row"] == 1 and "row 3501:" in dq.examples["malformed_row"]
+    monkeypatch.setattr(GpsFile, "typed_read", False)
+    f3, d3, cat3 = read()
+    assert f3.read_mode == "text"
+    for other, counts in ((cat2, d2.counts), (cat3, d3.counts)):
+        assert counts == d.counts
+        for k in cat:
+            np.testing.assert_array_equal(other[k], cat[k])
+    empty = (cat["time"].astype(np.int64) - 1_700_000_000) % 7 == 0
+    assert (np.isnan(cat["speed"]) == empty).all()  # empty speeds are unknown, on either path
+
+
+def test_typed_read_when_clean(gps_csv):
+    f, _, d, cat = read_all(gps_csv(time_format="isoz"))
+    assert f.read_mode.startswith("typed: ") and "lat double" in f.read_mode and "timestamp[us, tz=UTC]" in f.read_mode
+    assert d.total == 0 and cat["time"].size == len(make_tracks())
+
+
+def test_estimate_rows(gps_csv, tmp_path):
+    df = make_tracks(n_vehicles=5, n_per_vehicle=400, seed=6)
+    csv_path = gps_csv(df)
+    assert 0.8 * len(df) <= GpsFile(csv_path).estimate_rows() <= 1.25 * len(df)
+    gz = tmp_path / "t.csv.gz"
+    gz.write_bytes(gzip.compress(csv_path.read_bytes()))
+    assert 0.8 * len(df) <= GpsFile(gz).estimate_rows() <= 1.25 * len(df)
+    pq_path = tmp_path / "t.parquet"
+    df.to_parquet(pq_path)
+    assert GpsFile(pq_path).estimate_rows() == len(df)
+
+
+def test_vehicle_codes_found_in_arrow_match_python():
+    v = VehicleIndex()
+    names, idx = VehicleIndex.arrow_dictionary(pa.array(["b", " a", None, "", "b", "c"]))
+    assert v.known(names, idx) is None  # nothing known yet: left to codes_for, which assigns in order
+    assert v.codes_for(names, idx).tolist() == [0, 1, -1, -1, 0, 2] and v.names == ["b", "a", "c"]
+    names, idx = VehicleIndex.arrow_dictionary(pa.array(["c", "a ", "  ", "b"]))
+    assert v.known(names, idx).tolist() == [2, 1, -1, 0]
+    names, idx = VehicleIndex.arrow_dictionary(pa.array(["c", "d"]))
+    assert v.known(names, idx) is None and v.codes_for(names, idx).tolist() == [2, 3]
+    assert v.known(*VehicleIndex.arrow_dictionary(pa.array(["d", "a"]))).tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("newline,trailing", [("\n", True), ("\r\n", False)])
+def test_parallel_ranges_read_the_same_rows(tmp_path, monkeypatch, newline, trailing):
+    from concurrent.futures import ThreadPoolExecutor
+
+    df = make_tracks(n_vehicles=7, n_per_vehicle=300, seed=13)
+    text = df.to_csv(index=False, lineterminator=newline)
+    p = tmp_path / "crlf.csv"
+    p.write_bytes((text if trailing else text.rstrip("\r\n")).encode())
+
+    def read(pool):
+        f, v, d = GpsFile(p, block_size=4096), VehicleIndex(), DropLog()
+        bs = list(f.batches(v, d, pool=pool))
+        return f, d, {k: np.concatenate([getattr(b, k) for b in bs]) for k in ("vehicle", "time", "lat", "bearing")}
+
+    f0, d0, ref = read(None)
+    monkeypatch.setattr(GpsFile, "range_bytes", 5000)
+    with ThreadPoolExecutor(2) as pool:
+        f1, d1, got = read(pool)
+    assert "ranges in parallel" in f1.read_mode and "ranges" not in f0.read_mode
+    assert f1.rows_read == f0.rows_read == len(df) and d0.total == d1.total == 0
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])

@@ -306,3 +306,50 @@ def test_interval_percentiles_match_numpy():
     assert s["min"] == x.min() and s["max"] == x.max() and s["count"] == x.size
     assert s["mean"] == pytest.approx(x.mean(), abs=1e-3)
     assert s["p95"] == pytest.approx(np.percentile(x, 95, method="lower"), rel=0.13)  # log bins above 1 h
+
+
+def test_memory_and_disk_paths_give_the_same_store(tmp_path, gps_csv, monkeypatch):
+    """Inputs within the memory budget skip the disk spill; larger ones spill, and so does an input whose row
+    estimate was short, switching mid-way. All three give the same samples, drops and statistics."""
+    from roadmap_cli.gpsio import GpsFile
+
+    df = make_tracks(n_vehicles=6, n_per_vehicle=150, seed=21)
+    df.loc[::4, "speed"] = np.nan
+    df.loc[::5, "bearing"] = np.nan
+    dup = df.iloc[[10, 200, 400]].copy()
+    dup["lat"] += 1e-4  # same vehicle and time at another position: whichever comes first in the input is kept
+    df = pd.concat([df, dup]).sample(frac=1.0, random_state=3).reset_index(drop=True)
+    files = [str(gps_csv(df.iloc[idx], name=f"p{i}.csv"))
+             for i, idx in enumerate(np.array_split(np.arange(len(df)), 3))]
+    kw = {"gps": files, "group_rows": 100}  # vehicles of 150 rows: cut into time slices on either path
+    reps = {"memory": ingest(tmp_path / "memory", **kw), "disk": ingest(tmp_path / "disk", memory_rows=0, **kw)}
+    monkeypatch.setattr(GpsFile, "estimate_rows", lambda self: 0)
+    reps["switch"] = ingest(tmp_path / "switch", memory_rows=300, **kw)
+    assert [r["store"]["spilled_to_disk"] for r in reps.values()] == [False, True, True]
+    ref = store_frame(tmp_path / "memory")
+    assert len(ref) == len(df) - 3 and reps["memory"]["dropped"]["duplicate_vehicle_time"] == 3
+    for name in ("disk", "switch"):
+        pd.testing.assert_frame_equal(store_frame(tmp_path / name), ref)
+        for key in ("rows_read", "rows_kept", "dropped", "vehicles", "extent", "interval_s", "speed_m_s",
+                    "bearing_deg"):
+            assert reps[name][key] == reps["memory"][key], (name, key)
+    # the copy kept of each duplicate is the first in the input (files in order, rows in order)
+    from pyproj import Transformer
+
+    first = df.drop_duplicates(["vehicle", "time"]).sort_values(["vehicle", "time"]).reset_index(drop=True)
+    x, _ = Transformer.from_crs("EPSG:4326", "EPSG:32630", always_xy=True).transform(first["lon"], first["lat"])
+    a, _, c, _, _, _ = Grid.load(tmp_path / "memory" / "grid.json").transform
+    np.testing.assert_allclose(ref["col"], (x - c) / a, atol=0.01)
+
+
+def test_in_memory_time_slices_keep_duplicates_together(tmp_path, gps_csv):
+    """One vehicle, many samples, runs of equal times: slices never split a run, so each run keeps one sample."""
+    n = 400
+    t = 1.7e9 + np.repeat(np.arange(n // 4) * 10.0, 4)  # every time four times
+    df = pd.DataFrame({"vehicle": "bus", "time": t, "lat": 53.439 - np.arange(n) * 1e-6,
+                       "lon": -2.9895 + np.arange(n) * 1e-6})
+    rep = ingest(tmp_path / "wd", gps=[str(gps_csv(df, shuffle=True))], group_rows=7, max_bad_fraction=1.0)
+    assert rep["rows_kept"] == n // 4 and rep["dropped"]["duplicate_vehicle_time"] == n - n // 4
+    got = store_frame(tmp_path / "wd")
+    np.testing.assert_allclose(got["interval"].iloc[1:], 10.0)
+    assert np.isnan(got["interval"].iloc[0])

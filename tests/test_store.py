@@ -130,3 +130,45 @@ def test_take_records_matches_fancy_indexing():
     mask = s["speed"] > 10
     np.testing.assert_array_equal(take_records(s, mask), s[mask])
     assert take_records(empty_samples(), np.zeros(0, dtype=np.int64)).size == 0
+
+
+def test_append_with_caller_tile_ids_and_reused_buffers(tmp_path):
+    s = random_samples(3000, seed=5)
+    ref = write_store(tmp_path / "ref", s)
+    with StoreWriter(tmp_path / "ids", W, H, tile_size=TILE, buffer_bytes=SAMPLE_DTYPE.itemsize * 700) as w:
+        for part in np.array_split(s, 9):  # parts straddle the 700-sample buffer: several flushes reuse it
+            w.append(part, tile_ids=w.tile_ids(part["col"], part["row"]))
+        with pytest.raises(ValueError, match="one id per sample"):
+            w.append(s[:3], tile_ids=np.zeros(2, dtype=np.int64))
+        w.close([f"v{i}" for i in range(5)])
+    got = PointStore(tmp_path / "ids")
+    assert got.n_samples == s.size and got.counts == ref.counts
+    index = np.load(tmp_path / "ids" / "index.npy")
+    assert index[:, 2].max() <= 700 and len(index) > len(np.load(tmp_path / "ref" / "index.npy"))
+    for c0, r0, w_, h_ in [(0, 0, W, H), (10.5, 20.25, 100, 64), (250, 150, 80, 80)]:
+        np.testing.assert_array_equal(canon(got.query(c0, r0, w_, h_)), canon(brute(s, c0, r0, w_, h_)))
+
+
+def test_flushing_on_an_executor_writes_the_same_store(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = random_samples(4000, seed=8)
+    paths = []
+    for name, executor in (("sync", None), ("async", ThreadPoolExecutor(1))):
+        with StoreWriter(tmp_path / name, W, H, tile_size=TILE, buffer_bytes=SAMPLE_DTYPE.itemsize * 300,
+                         executor=executor) as w:
+            for part in np.array_split(s, 13):
+                w.append(part)
+            w.append(w.sort_by_tile(s[:50]), tile_sorted=True)  # a sorted run between buffered ones
+            w.append(s[50:77])
+            w.close([f"v{i}" for i in range(5)])
+        if executor is not None:
+            executor.shutdown()
+        paths.append(tmp_path / name)
+    for f in ("samples.bin", "index.npy", "meta.json"):
+        assert (paths[0] / f).read_bytes() == (paths[1] / f).read_bytes(), f
+    got = PointStore(paths[1])
+    ref = np.concatenate([s, s[:77]])
+    assert got.n_samples == ref.size and len(np.load(paths[1] / "index.npy")) > 13
+    np.testing.assert_array_equal(canon(got.query(0, 0, W, H)), canon(ref))
+    np.testing.assert_array_equal(canon(got.query(30, 40, 90, 70)), canon(brute(ref, 30, 40, 90, 70)))
