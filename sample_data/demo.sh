@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-demo-work}"
 ROADMAP="${ROADMAP:-.venv/bin/roadmap}"
-STEPS="${DEMO_STEPS:-300}"
+STEPS="${DEMO_STEPS:-150}"
 S=sample_data
 start=$(date +%s)
 rm -rf "$WORK"
