@@ -282,8 +282,9 @@ def conflate(
             new_edges.append(e)
             continue
         pl = np.diff(arc)
-        for a, b in _runs(c):  # brief contacts (crossings, junction corners) are not overlaps
-            if pl[a:b].sum() < min_overlap_m:
+        for a, b in _runs(c):  # brief contacts (crossings, junction corners) are not overlaps...
+            whole = a == 0 and b == len(c)  # ...but a short segment lying along a mapped road all the way is one
+            if pl[a:b].sum() < min_overlap_m and not whole:
                 c[a:b] = False
         covered_len = float(pl[c].sum())
         if covered_len <= 0:
