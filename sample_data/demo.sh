@@ -14,7 +14,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 
 train_opts=(--labels "$S/labels.tif" --model linknet34 --encoder-depth 18 --decoder 1d --tile-size 256
-            --batch-size 4 --steps "$STEPS" --val-fraction 0.25 --seed 0 --device cpu)
+            --batch-size 4 --steps "$STEPS" --samples-per-epoch 200 --val-fraction 0.25 --seed 0 --device cpu)
 
 echo "== fused model (image + GPS) =="
 "$ROADMAP" -w "$WORK/fused" \
