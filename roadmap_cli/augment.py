@@ -501,14 +501,7 @@ def _backend() -> Any:
 
 
 def _load_backend(choice: str) -> Any:
-    if choice not in ("auto", "numba", "numpy"):
-        raise RoadmapError(f"{_BACKEND_ENV}: must be auto, numba or numpy, not {choice!r}")
-    if choice == "numpy":
-        return None
-    try:
-        from roadmap_cli import _augment_numba
-    except Exception as e:  # noqa: BLE001 - numba missing or broken: the numpy path does the same job
-        if choice == "numba":
-            raise RoadmapError(f"{_BACKEND_ENV}=numba: the compiled kernels are unavailable ({e})") from e
-        return None
-    return _augment_numba
+    """The kernels module for `choice` (auto | numba | numpy), or None (see `roadmap_cli.kernels`)."""
+    from roadmap_cli.kernels import load_kernels
+
+    return load_kernels(choice, _BACKEND_ENV, "roadmap_cli._augment_numba", "augmentation kernels")

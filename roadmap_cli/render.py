@@ -48,7 +48,6 @@ import functools
 import math
 import os
 import threading
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -332,28 +331,10 @@ def _backend() -> Any:
 
 
 def _load_backend(choice: str) -> Any:
-    """The kernels module for `choice` (auto | numba | numpy), or None. numba missing (it is on GPU boxes
-    without the full install) falls back silently under auto; numba present but the kernels failing to build
-    falls back with a warning, since that is a bug to report rather than a missing extra."""
-    if choice not in ("auto", "numba", "numpy"):
-        raise RoadmapError(f"{_BACKEND_ENV}: must be auto, numba or numpy, not {choice!r}")
-    if choice == "numpy":
-        return None
-    try:
-        import numba  # noqa: F401
-    except ImportError as e:
-        if choice == "numba":
-            raise RoadmapError(f"{_BACKEND_ENV}=numba: numba is not installed ({e})") from e
-        return None
-    try:
-        from roadmap_cli import _render_numba
-    except Exception as e:  # noqa: BLE001 - any failure to build the kernels: the numpy path does the same job
-        if choice == "numba":
-            raise RoadmapError(f"{_BACKEND_ENV}=numba: the compiled renderer failed to build ({e})") from e
-        warnings.warn(f"roadmap: compiled GPS renderer unavailable, using the slower numpy one ({e})",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    return _render_numba
+    """The kernels module for `choice` (auto | numba | numpy), or None (see `roadmap_cli.kernels`)."""
+    from roadmap_cli.kernels import load_kernels
+
+    return load_kernels(choice, _BACKEND_ENV, "roadmap_cli._render_numba", "GPS renderer")
 
 
 _DUMMY_F32 = np.zeros(4, dtype=np.float32)[::2]  # stands for an unused field (strided like the real ones)
