@@ -473,16 +473,45 @@ def stitch(width: int, height: int, pieces: list[Piece], rings: list, nodes: dic
     return PixelGraph(width, height, node_pos, edges, stats)
 
 
+WindowResult = tuple[list, list, dict, dict]  # (pieces, rings, nodes, window stats) of trace_window
+WindowMapper = Callable[[list[tuple[int, int, int, int]]], Iterator[WindowResult]]
+
+
+def merge_window_stats(total: dict, part: dict) -> None:
+    """Add one window's counters to the run's (`max_*` keys keep the largest)."""
+    for k, v in part.items():
+        total[k] = max(total.get(k, 0), v) if k.startswith("max_") else total.get(k, 0) + v
+
+
+def trace_one(read: Reader, width: int, height: int, core: tuple[int, int, int, int],
+              params: SkeletonParams) -> WindowResult:
+    """`trace_window` with its own counters: what a worker computes for one core window."""
+    window_stats: dict = {}
+    pieces, rings, nodes = trace_window(read, width, height, core, params, window_stats)
+    return pieces, rings, nodes, window_stats
+
+
 def skeleton_graph(read: Reader, width: int, height: int, params: SkeletonParams, stats: dict | None = None,
-                   progress: Callable[[int], None] | None = None, consume: EdgeConsumer = _keep_edge) -> PixelGraph:
-    """The pixel graph of the thresholded, cleaned, skeletonized raster, processed in core windows."""
+                   progress: Callable[[int], None] | None = None, consume: EdgeConsumer = _keep_edge,
+                   map_windows: WindowMapper | None = None) -> PixelGraph:
+    """The pixel graph of the thresholded, cleaned, skeletonized raster, processed in core windows.
+
+    `map_windows(cores)` may compute the windows elsewhere (a cluster: each result is `trace_one` of that core,
+    yielded in the order of `cores`); by default they are traced here, one after the other. The stitching is the
+    same either way, so the graph is too.
+    """
     stats = {} if stats is None else stats
     pieces: list[Piece] = []
     rings: list = []
     nodes: dict[int, tuple[int, int, int]] = {}
     n_windows = 0
-    for core in core_windows(width, height, params.tile_size):
-        p, r, nd = trace_window(read, width, height, core, params, stats)
+    cores = list(core_windows(width, height, params.tile_size))
+    if map_windows is None:
+        results: Iterator[WindowResult] = (trace_one(read, width, height, core, params) for core in cores)
+    else:
+        results = map_windows(cores)
+    for p, r, nd, window_stats in results:
+        merge_window_stats(stats, window_stats)
         pieces.extend(p)
         rings.extend(r)
         for k, v in nd.items():

@@ -758,8 +758,13 @@ class VectorizeStats:
 
 def graph_from_source(source: ArraySource | RasterSource, transform: tuple, crs_wkt: str,
                       params: VectorizeParams | None = None, stats: VectorizeStats | None = None,
-                      progress: Callable[[int], None] | None = None) -> RoadGraph:
-    """Vectorize a raster source (see the module docstring)."""
+                      progress: Callable[[int], None] | None = None,
+                      map_windows: Callable[[list, SkeletonParams], Any] | None = None) -> RoadGraph:
+    """Vectorize a raster source (see the module docstring).
+
+    `map_windows(cores, skeleton_params)` may trace the skeleton's core windows elsewhere (see
+    `postprocess.skeleton.skeleton_graph`); everything after the stitched pixel graph runs here.
+    """
     params = (params or VectorizeParams()).validate()
     stats = stats if stats is not None else VectorizeStats()
     h, w = source.shape
@@ -776,7 +781,8 @@ def graph_from_source(source: ArraySource | RasterSource, transform: tuple, crs_
                         min_object_px=max(1, int(math.ceil(params.min_object_m / px))),
                         max_hole_px=int(math.floor(params.max_hole_m / px)),
                         tile_size=tile)
-    pg = skeleton_graph(source.read, w, h, sp, stats.tiling, progress, _chain_consumer(w))
+    mapper = None if map_windows is None else (lambda cores: map_windows(cores, sp))
+    pg = skeleton_graph(source.read, w, h, sp, stats.tiling, progress, _chain_consumer(w), mapper)
     stats.windows = int(stats.tiling.get("windows", 0))
     stats.skeleton_pixels = int(stats.tiling.get("skeleton_pixels", 0))
     stats.traced_nodes, stats.traced_edges = len(pg.nodes), len(pg.edges)

@@ -586,14 +586,18 @@ class VehicleIndex:
 
     def codes_for(self, names: list[str] | pa.Array, idx: np.ndarray) -> np.ndarray:
         """int32 codes for `dictionary()` / `arrow_dictionary()` output (-1 stays -1); codes are given in
-        first-seen order."""
+        first-seen order, to the ids that `idx` uses only: an id seen only on rows dropped before this call gets
+        no code (so the codes do not depend on how rows are cut into batches, nor on thread timing)."""
         if isinstance(names, pa.Array):
             names = names.to_pylist()
         get = self.codes.get
         found = [get(v, -1) for v in names]
         if -1 in found:
             n = len(self.names)
-            found = [c if c >= 0 or v == "" else self.code(v) for v, c in zip(names, found, strict=True)]
+            used = np.zeros(len(names) + 1, dtype=bool)
+            used[idx] = True
+            found = [c if c >= 0 or v == "" or not u else self.code(v)
+                     for v, c, u in zip(names, found, used[:-1].tolist(), strict=True)]
             if len(self.names) > n:
                 self._known = _string_array(self.names)
         lut = np.array(found + [-1], dtype=np.int32)
@@ -779,6 +783,11 @@ class GpsFile:
             return 0
 
     # batches ---------------------------------------------------------------------------------------------
+    @property
+    def parquet_batch_rows(self) -> int:
+        """Rows per batch read from a Parquet file (the last batch may be shorter)."""
+        return max(1024, self.block_size // 64)
+
     def _raw_batches(self, cols: list[str], count_malformed: bool = True,
                      types: dict[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches of columns `cols` (CSV: text, or the Arrow types in `types`; one batch per block).
@@ -790,7 +799,7 @@ class GpsFile:
 
             try:
                 pf = pq.ParquetFile(self.path)
-                yield from pf.iter_batches(batch_size=max(1024, self.block_size // 64), columns=cols)
+                yield from pf.iter_batches(batch_size=self.parquet_batch_rows, columns=cols)
             except (pa.ArrowException, OSError) as exc:
                 raise RoadmapError(f"--gps {self.path}: cannot read Parquet data "
                                    f"({str(exc).splitlines()[0]})") from exc
@@ -1033,10 +1042,10 @@ class GpsFile:
         self.read_mode = f"{typed}; {len(ranges)} ranges in parallel" + (
             f", {as_text} of them as text after a value that did not convert" if as_text else "")
 
-    def _blocks(self, parallel: bool = False) -> Iterator[pa.RecordBatch]:
-        """The selected columns batch by batch: a probe of the first block settles the vehicle column, the time
-        format and the column types; the file is then read typed, or as text after a conversion failure. With
-        `parallel`, a large plain CSV file is parsed by byte ranges on several threads."""
+    def probe(self) -> pa.RecordBatch | None:
+        """The first block of the file (the selected columns and the other vehicle candidates), read as text for
+        CSV; settles the vehicle column on it. None when the file holds no row. (`ingest --scheduler` probes a
+        file here before handing its parts to workers, so that every part is read with the same settings.)"""
         cols = self.columns.selected()
         probe_cols = cols + [c for c in self._vehicle_alternatives if c not in cols]
         probe = self._probe_head(probe_cols)
@@ -1044,9 +1053,17 @@ class GpsFile:
             gen = self._raw_batches(probe_cols, count_malformed=False)
             probe = next(gen, None)
             gen.close()
+        if probe is not None:
+            self._settle_vehicle(probe)
+        return probe
+
+    def _blocks(self, parallel: bool = False) -> Iterator[pa.RecordBatch]:
+        """The selected columns batch by batch: a probe of the first block settles the vehicle column, the time
+        format and the column types; the file is then read typed, or as text after a conversion failure. With
+        `parallel`, a large plain CSV file is parsed by byte ranges on several threads."""
+        probe = self.probe()
         if probe is None:
             return
-        self._settle_vehicle(probe)
         cols = self.columns.selected()
         if self.format == "parquet":
             yield from self._raw_batches(cols)

@@ -30,11 +30,46 @@ equirectangular approximation of the sphere (exact to well under 1 % for the sho
 Segments longer than `DERIVE_MAX_GAP_S` in time say nothing about the speed at either end and are not used;
 bearing needs at least `MIN_MOVE_M` of movement (below that, GPS noise decides the direction), and a vehicle
 that stands still keeps the bearing of its last movement. Only values missing from the input are filled.
+
+On a Dask cluster (`--scheduler ADDRESS`, see `roadmap_cli.cluster`), both passes run their per-row work on the
+workers and the main process keeps only what fixes the result's order, so that the store is byte for byte the
+one an in-process run writes (samples.bin, index.npy, vehicles.json, meta.json) and the report differs only in
+`timing_s` and `created_utc`:
+
+- Pass 1 parts (`_plan_parts`): a plain CSV file that an in-process run reads by byte ranges (at least two
+  `GpsFile.range_bytes` ranges) is cut into the same ranges, grouped into parts of whole ranges; a Parquet file
+  of several batches into parts of whole batches (a part reads the row groups it overlaps and cuts the same
+  batches a whole-file read gives: batches run across row groups); any other file (small, compressed, or one
+  whose first block does not settle the time format) is one part, read on the worker exactly as in-process.
+  The main process probes a file before splitting it (`GpsFile.probe`: vehicle column, time format, column
+  types) and every part is read with those settings. A worker parses and validates its part with its own
+  vehicle index and sends back the kept rows with local vehicle codes, the vehicles' names in first-appearance
+  order, per-batch row counts and extent sums, drops, and drop examples whose row numbers count from the part.
+  The main process takes the parts in input order: it gives vehicles global codes in that order (so codes are
+  first appearance in file order, row order, as in-process; the name of a file's own vehicle, for a file
+  without a vehicle column, is settled here), shifts example row numbers by the rows of the file's earlier
+  parts, counts malformed lines and line numbers across ranges as `GpsFile._range_blocks` does, merges the
+  extent sums in batch order, and keeps the rows batch by batch in memory or in the bucket spill, exactly as
+  the in-process loop does (the same spill runs, so even the sampled time-slice edges agree).
+- Pass 2: the main process cuts the same chunks as in-process (`_memory_jobs`; from the spill, the same bucket
+  groups and time slices) and sends each chunk's records with its context to a worker, which sorts,
+  deduplicates, derives intervals, speed and bearing, projects (with a projector built once per worker from
+  the same grid, bounding box and lattice settings, so chunks of the same sizes take the same path) and
+  computes tile ids. The time slices of an oversized bucket become independent tasks: their contexts (each
+  vehicle's last sample so far) are computed here without processing the slices (`_last_per_vehicle`). The
+  results come back in chunk order and go through the same `StoreWriter` calls, so the sample order, the
+  buffer flushes and thus the files are the same.
+- Errors a worker raises come back as the same one-line `RoadmapError` (naming the file as given: workers open
+  absolute paths); `roadmap` log records of a task are logged again by the main process.
+
+One difference from an in-process run on a single-CPU machine: there, large CSV files are read whole rather
+than by byte ranges (no thread pool), so `read_mode` in the report reads differently; the rows are the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -48,8 +83,8 @@ import time as _time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,12 +92,14 @@ from typing import Any
 import numpy as np
 
 from roadmap_cli import __version__
+from roadmap_cli.cluster import Cluster, open_cluster, worker_cached
 from roadmap_cli.errors import RoadmapError
 from roadmap_cli.gpsio import (
     REASONS,
     DropLog,
     GpsFile,
     ParsedBatch,
+    TimeFormat,
     VehicleIndex,
     describe_quantum,
     expand_gps_paths,
@@ -79,6 +116,7 @@ from roadmap_cli.store import (
     empty_samples,
     read_records,
     take_records,
+    tile_index,
 )
 from roadmap_cli.workdir import Workdir, atomic_write_json
 
@@ -119,6 +157,7 @@ class IngestOptions:
     group_rows: int = GROUP_ROWS
     block_size: int = 2 << 20
     memory_rows: int = MEMORY_ROWS
+    scheduler: str | None = None  # Dask scheduler address, `local[:N]`, or None: in-process
 
 
 # ---- spill files (pass 1 buckets, time slices) -------------------------------------------------------------
@@ -459,6 +498,20 @@ class _IntervalHist:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent back from cluster workers with every pass-2 chunk: the non-empty bins only (a few hundred, not
+        # 36 200).
+        state = dict(self.__dict__)
+        nz = np.flatnonzero(self.hist)
+        state["hist"] = (nz.astype(np.int32), self.hist[nz])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        idx, counts = state.pop("hist")
+        self.__dict__.update(state)
+        self.hist = np.zeros(self.LIN_BINS + self.LOG_BINS, dtype=np.int64)
+        self.hist[idx] = counts
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"count": self.count}
         if self.count == 0:
@@ -760,6 +813,25 @@ class _Extent:
         self.sum_lat += float(lat.sum())
         self.n += lon.size
 
+    @staticmethod
+    def batch_stats(lon: np.ndarray, lat: np.ndarray) -> tuple[float, float, float, float, float, float, int] | None:
+        """What `update` takes from one batch, to be merged elsewhere (`merge`) in the same order."""
+        if lon.size == 0:
+            return None
+        return (float(lon.min()), float(lon.max()), float(lat.min()), float(lat.max()), float(lon.sum()),
+                float(lat.sum()), int(lon.size))
+
+    def merge(self, stats: tuple[float, float, float, float, float, float, int] | None) -> None:
+        """`update` from a batch's `batch_stats` (the same result, sums added in the same order)."""
+        if stats is None:
+            return
+        lo0, lo1, la0, la1, s_lon, s_lat, n = stats
+        self.lon = [min(self.lon[0], lo0), max(self.lon[1], lo1)]
+        self.lat = [min(self.lat[0], la0), max(self.lat[1], la1)]
+        self.sum_lon += s_lon
+        self.sum_lat += s_lat
+        self.n += n
+
 
 def _parse_crs(value: str | None, option: str):
     if value is None or not str(value).strip():
@@ -856,12 +928,11 @@ def _take_and_process(rows: np.ndarray, index: np.ndarray, context: np.ndarray |
     return _process_chunk(take_records(rows, index), context, project, names, tile_ids)
 
 
-def _pass2_memory(rows: np.ndarray, chunk_rows: int, runner: _InOrder, project: _Projector, names: list[str],
-                  tile_ids: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
-    """Pass 2 over in-memory records: one stable sort by vehicle, then chunks of whole vehicles (about
-    `chunk_rows` rows each) on the pool. A vehicle with more rows is cut into time slices; as all its rows are
-    at hand, each slice gets its context (the vehicle's last sample before it, the first of equal times)
-    directly, so the slices are independent chunks too."""
+def _memory_jobs(rows: np.ndarray, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The pass-2 chunks of in-memory records, in store order: (row index, context) each. One stable sort by
+    vehicle, then chunks of whole vehicles (about `chunk_rows` rows each). A vehicle with more rows is cut into
+    time slices; as all its rows are at hand, each slice gets its context (the vehicle's last sample before it,
+    the first of equal times) directly, so the slices are independent chunks too."""
     if rows.size == 0:
         return
     key = _vehicle_key(rows["vehicle"])
@@ -871,7 +942,7 @@ def _pass2_memory(rows: np.ndarray, chunk_rows: int, runner: _InOrder, project: 
     del key
     for a, b, sliced in _memory_groups(counts, chunk_rows):
         if not sliced:
-            runner.submit(b - a, _take_and_process, rows, order[a:b], None, project, names, tile_ids)
+            yield order[a:b], None
             continue
         sub = order[a:b]  # one vehicle, in input order
         t = rows["time"][sub]
@@ -880,9 +951,16 @@ def _pass2_memory(rows: np.ndarray, chunk_rows: int, runner: _InOrder, project: 
             sub, t = sub[by_time], t[by_time]
         context = None
         for i, j in _time_cuts(t, chunk_rows):
-            runner.submit(j - i, _take_and_process, rows, sub[i:j], context, project, names, tile_ids)
+            yield sub[i:j], context
             last = int(np.searchsorted(t, t[j - 1], side="left"))  # the sample kept of the slice's last time
             context = rows[sub[last:last + 1]]
+
+
+def _pass2_memory(rows: np.ndarray, chunk_rows: int, runner: _InOrder, project: _Projector, names: list[str],
+                  tile_ids: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Pass 2 over in-memory records: the chunks of `_memory_jobs` on the pool."""
+    for index, context in _memory_jobs(rows, chunk_rows):
+        runner.submit(index.size, _take_and_process, rows, index, context, project, names, tile_ids)
 
 
 def _pass2_spill(buckets: _Spill, group_rows: int, chunk_rows: int, runner: _InOrder, work_dir: Path,
@@ -911,12 +989,15 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
                overrides: dict[str, str | None], gps_crs: Any = None, speed_unit: str = "km/h",
                max_bad_fraction: float = 0.5, crs: Any = None, resolution: float = DEFAULT_RESOLUTION,
                tile_size: int = DEFAULT_TILE_SIZE, group_rows: int = GROUP_ROWS,
-               block_size: int = 2 << 20, memory_rows: int = MEMORY_ROWS) -> tuple[Grid, dict[str, Any]]:
+               block_size: int = 2 << 20, memory_rows: int = MEMORY_ROWS,
+               cluster: Cluster | None = None) -> tuple[Grid, dict[str, Any]]:
     """Read GPS `files` into a point store at `store_dir` on `grid` (None: from the GPS extent).
 
     Inputs of up to `memory_rows` rows (estimated from the file sizes, checked while reading) are held in
     memory between the passes; larger ones go through bucket files in `work_dir` (deleted by the caller), so
     that memory stays flat however large the input. Returns the grid and the GPS part of the report.
+    With `cluster`, the parsing and the per-chunk work of pass 2 run on its workers; the store and the report
+    are the same (see the module docstring).
     """
     t0 = _time.perf_counter()
     warm_pyproj = "pyproj" not in sys.modules  # pass 2 needs it: import it (about 50 ms) while pass 1 reads
@@ -937,15 +1018,12 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         with reading_pool(), progress(desc="reading GPS", unit="rows", unit_scale=True) as bar:
-            for src in sources:
-                first = True
-                for pb in src.batches(vehicles, drops, pool=pool if workers > 1 else None):
-                    if warm_pyproj:  # now that parsing (which releases the GIL) is under way
-                        threading.Thread(target=importlib.import_module, args=("pyproj",), daemon=True).start()
-                        warm_pyproj = False
+            if cluster is not None:
+                def keep(pb: ParsedBatch) -> None:  # what the loop below does with a batch's rows
+                    nonlocal memory, buckets
                     if memory is not None:
-                        memory.add(pb, pool if workers > 1 else None)
-                        if memory.size > memory_rows:  # the estimate was short: continue on disk
+                        memory.add(pb)
+                        if memory.size > memory_rows:
                             log.info("more than %d GPS rows: spilling to disk", memory_rows)
                             buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
                             memory.spill_into(buckets)
@@ -953,14 +1031,38 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
                     else:
                         assert buckets is not None
                         buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
-                    ext.update(pb.lon, pb.lat)
-                    if first and pb.lat.size:
-                        q_lat.append(pb.lat[:20_000])
-                        q_lon.append(pb.lon[:20_000])
-                        first = False
-                    bar.update(pb.rows)
-                if src.rows_read == 0:
-                    log.warning("%s: no data rows", src.path)
+
+                spec = _ReadSpec(overrides, gps_crs, speed_unit, block_size,
+                                 {k: getattr(GpsFile, k) for k in _GPSFILE_KNOBS}, log.getEffectiveLevel())
+                _pass1_cluster(cluster, files, sources, spec, vehicles, drops, keep, ext, q_lat, q_lon, bar)
+                for src in sources:
+                    if src.rows_read == 0:
+                        log.warning("%s: no data rows", src.path)
+            else:
+                for src in sources:
+                    first = True
+                    for pb in src.batches(vehicles, drops, pool=pool if workers > 1 else None):
+                        if warm_pyproj:  # now that parsing (which releases the GIL) is under way
+                            threading.Thread(target=importlib.import_module, args=("pyproj",), daemon=True).start()
+                            warm_pyproj = False
+                        if memory is not None:
+                            memory.add(pb, pool if workers > 1 else None)
+                            if memory.size > memory_rows:  # the estimate was short: continue on disk
+                                log.info("more than %d GPS rows: spilling to disk", memory_rows)
+                                buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
+                                memory.spill_into(buckets)
+                                memory = None
+                        else:
+                            assert buckets is not None
+                            buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
+                        ext.update(pb.lon, pb.lat)
+                        if first and pb.lat.size:
+                            q_lat.append(pb.lat[:20_000])
+                            q_lon.append(pb.lon[:20_000])
+                            first = False
+                        bar.update(pb.rows)
+                    if src.rows_read == 0:
+                        log.warning("%s: no data rows", src.path)
         spilled = buckets is not None
         if buckets is not None:
             buckets.finish()
@@ -993,7 +1095,16 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
         try:
             with progress(total=n_valid, desc="indexing GPS", unit="rows", unit_scale=True) as bar:
                 runner = _InOrder(pool if workers > 1 else None, workers, take, bar)
-                if memory is not None:
+                if cluster is not None:
+                    rows = memory.array() if memory is not None else None
+                    memory = None
+                    chunk_spec = _ChunkSpec(uuid.uuid4().hex, grid, (ext.lon[0], ext.lon[1], ext.lat[0], ext.lat[1]),
+                                            {k: getattr(_Projector, k) for k in _PROJECTOR_KNOBS}, tile_size,
+                                            writer.tiles_x)
+                    _pass2_cluster(cluster, rows, buckets, group_rows, min(group_rows, MEMORY_CHUNK_ROWS), work_dir,
+                                   chunk_spec, names, take, bar)
+                    del rows
+                elif memory is not None:
                     rows = memory.array()
                     memory = None
                     _pass2_memory(rows, min(group_rows, MEMORY_CHUNK_ROWS), runner, project, names, tile_ids)
@@ -1045,6 +1156,432 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
         "timing_s": {"read": round(t1 - t0, 3), "index": round(t2 - t1, 3)},
     }
     return grid, report
+
+
+# ---- running on a cluster (`--scheduler`) ------------------------------------------------------------------
+CLUSTER_PART_BYTES = 64 << 20  # at most this much of one CSV file per pass-1 task (whole byte ranges)
+CLUSTER_PART_ROWS = 1 << 20  # at most this many rows of one Parquet file per pass-1 task (whole batches)
+_GPSFILE_KNOBS = ("range_bytes", "range_threads", "typed_read", "arrow_threads")
+_PROJECTOR_KNOBS = ("LATTICE_CELL_PX", "LATTICE_MAX_NODES", "LATTICE_TOL_PX", "MIN_POINTS")
+_NO_RECORDS = np.empty(0, dtype=BUCKET_DTYPE)
+
+
+@dataclass
+class _ReadSpec:
+    """What every pass-1 task needs besides its part: the reading options of the run (and the class-level
+    settings of `GpsFile` in the main process, so that workers read exactly as it would)."""
+
+    overrides: dict[str, str | None]
+    gps_crs: Any
+    speed_unit: str
+    block_size: int
+    knobs: dict[str, Any]
+    log_level: int
+
+
+@dataclass
+class _Part:
+    """One pass-1 task: a whole file (read on the worker exactly as in-process), whole byte ranges of a plain CSV
+    file, or whole batches (rows [a, b)) of a Parquet file. `settled` carries what the main process's probe of
+    a split file decided (columns, time format, column types), so that every part is read the same way."""
+
+    file: int
+    path: str  # absolute: what the workers open
+    shown: str  # as given (error messages name it)
+    kind: str = "file"  # file | csv | parquet
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    rows: tuple[int, int] = (0, 0)
+    last: bool = True  # the file's last part
+    settled: dict[str, Any] | None = None
+
+
+@dataclass
+class _RowExample:
+    """A drop example from a worker: its data row number counts from the start of the part, not of the file."""
+
+    row: int
+    text: str
+
+    def shifted(self, name: str, offset: int) -> str:
+        """The example with the row number of the whole file (`offset` data rows in the file's earlier parts)."""
+        prefix = f"{name} row {self.row}: "
+        if not offset or not self.text.startswith(prefix):
+            return self.text
+        return f"{name} row {self.row + offset}: {self.text[len(prefix):]}"
+
+
+class _PartFile(GpsFile):
+    """A GPS file read on a worker: drop examples keep their row number apart (see `_RowExample`)."""
+
+    def _example(self, raw: Any, i: int, row_base: int) -> Any:
+        return _RowExample(row_base + i + 1, super()._example(raw, i, row_base))
+
+
+class _Inline(Executor):
+    """Runs each call at once. Given to `GpsFile.batches` on a worker so that a large CSV file is read by byte
+    ranges as in-process (where `batches` gets a pool), while its batches are parsed on the task's thread."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # handed to whoever asks for the result, as a pool would
+            fut.set_exception(exc)
+        return fut
+
+
+@dataclass
+class _PartOut:
+    """Pass 1 of one part, sent back to the main process. Vehicles are local codes into `names` (first
+    appearance in the part); `file_vehicle` says that code 0 stands for the file's own vehicle (no vehicle
+    column), whose name only the main process can settle."""
+
+    cols: tuple[np.ndarray, ...]  # vehicle (local code), time, lon, lat, speed, bearing of the kept rows
+    batches: list[tuple[int, int, Any]]  # per batch: rows read, rows kept, `_Extent.batch_stats`
+    quantum: tuple[np.ndarray, np.ndarray] | None  # lat, lon of the part's first batch with rows (resolution)
+    names: list[str]
+    file_vehicle: bool
+    drops: list[tuple[str, int, Any]]  # (reason, rows, first example) as a DropLog holds them
+    ranges: list[tuple[int, int, Any, bool, str | None]]  # CSV: lines, malformed, first malformed, typed, note
+    state: dict[str, Any]  # what reading settled on the file (whole-file parts)
+    logs: list[tuple[int, str]] = field(default_factory=list)
+
+
+_TASK_LOG = threading.local()
+
+
+class _TaskLogHandler(logging.Handler):
+    """Collects the `roadmap` log records of the current task's thread on a worker (the main process logs them
+    again, so that warnings reach the user as in-process)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        records = getattr(_TASK_LOG, "records", None)
+        if records is not None:
+            records.append((record.levelno, record.getMessage()))
+
+
+@contextlib.contextmanager
+def _task_logs(level: int) -> Iterator[list[tuple[int, str]]]:
+    if not any(isinstance(h, _TaskLogHandler) for h in log.handlers):
+        log.addHandler(_TaskLogHandler())
+    if log.getEffectiveLevel() > level:
+        log.setLevel(level)
+    records: list[tuple[int, str]] = []
+    _TASK_LOG.records = records
+    try:
+        yield records
+    finally:
+        _TASK_LOG.records = None
+
+
+def _csv_part_batches(src: GpsFile, part: _Part, types: dict[str, Any],
+                      infos: list[tuple[int, int, Any, bool, str | None]]) -> Iterator[Any]:
+    cols = src.columns.selected()
+    for a, b in part.ranges:
+        r = src._parse_range(a, b, cols, types)
+        infos.append((r.lines, r.malformed, r.first_malformed, r.typed, r.note))
+        yield from r.batches
+
+
+def _parquet_part_batches(src: GpsFile, part: _Part) -> Iterator[Any]:
+    """Rows [a, b) of a Parquet file in the batches a whole-file read cuts them into (`iter_batches` batches run
+    across row groups: the part reads the row groups it overlaps and cuts the same batches from them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, b = part.rows
+    step = src.parquet_batch_rows
+    try:
+        meta = pq.ParquetFile(src.path).metadata
+        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        groups = [g for g in range(meta.num_row_groups) if starts[g] < b and starts[g + 1] > a]
+        table = pq.ParquetFile(src.path).read_row_groups(groups, columns=src.columns.selected())
+    except (pa.ArrowException, OSError) as exc:
+        raise RoadmapError(f"--gps {src.path}: cannot read Parquet data ({str(exc).splitlines()[0]})") from exc
+    base = int(starts[groups[0]]) if groups else a
+    for s in range(a, b, step):
+        yield from table.slice(s - base, min(step, b - s)).combine_chunks().to_batches()
+
+
+def _read_part(part: _Part, spec: _ReadSpec) -> _PartOut:
+    """Pass 1 of one part, on a worker: parse, validate and keep the valid rows (see `_PartOut`)."""
+    with _task_logs(spec.log_level) as logs:
+        try:
+            out = _read_part_rows(part, spec)
+        except RoadmapError as exc:  # name the file as the user gave it, as in-process
+            msg = exc.format_message()
+            raise RoadmapError(msg.replace(part.path, part.shown) if part.path != part.shown else msg) from None
+    out.logs = logs
+    return out
+
+
+def _read_part_rows(part: _Part, spec: _ReadSpec) -> _PartOut:
+    src = _PartFile(part.path, spec.overrides, gps_crs=spec.gps_crs, speed_unit=spec.speed_unit,
+                    block_size=spec.block_size)
+    for k, v in spec.knobs.items():
+        setattr(src, k, v)
+    vehicles, drops = VehicleIndex(), DropLog()
+    parts: list[tuple[np.ndarray, ...]] = []
+    batches: list[tuple[int, int, Any]] = []
+    quantum: tuple[np.ndarray, np.ndarray] | None = None
+    infos: list[tuple[int, int, Any, bool, str | None]] = []
+
+    def keep(pb: ParsedBatch) -> None:
+        nonlocal quantum
+        parts.append((pb.vehicle, pb.time, pb.lon, pb.lat, pb.speed, pb.bearing))
+        batches.append((pb.rows, pb.vehicle.size, _Extent.batch_stats(pb.lon, pb.lat)))
+        if quantum is None and pb.lat.size:
+            quantum = (pb.lat[:20_000].copy(), pb.lon[:20_000].copy())
+
+    if part.kind == "file":
+        for pb in src.batches(vehicles, drops, pool=_Inline()):
+            keep(pb)
+    else:
+        assert part.settled is not None
+        src.columns = replace(part.settled["columns"])
+        src.time_format = TimeFormat(*part.settled["time"])
+        src.vehicle_note = part.settled["vehicle_note"]
+        raws = (_csv_part_batches(src, part, part.settled["types"], infos) if part.kind == "csv"
+                else _parquet_part_batches(src, part))
+        for raw in raws:
+            row_base = src.rows_read
+            src.rows_read += raw.num_rows
+            keep(src._finish(src._parse(raw, row_base, vehicles), vehicles, drops))
+    dtypes = (np.int32, np.float64, np.float64, np.float64, np.float32, np.float32)
+    cols = tuple(np.concatenate([p[k] for p in parts]).astype(dt, copy=False) if parts else np.empty(0, dt)
+                 for k, dt in enumerate(dtypes))
+    state = {"vehicle": src.columns.vehicle, "time": (src.time_format.kind, src.time_format.scale),
+             "read_mode": src.read_mode, "rows_read": src.rows_read, "vehicle_note": src.vehicle_note}
+    return _PartOut(cols, batches, quantum, list(vehicles.names), src.columns.vehicle is None,
+                    [(r, drops.counts[r], drops.examples.get(r)) for r in REASONS if drops.counts[r]], infos, state)
+
+
+def _settle_split(src: GpsFile) -> dict[str, Any] | None:
+    """Probe a file to be split (as `GpsFile._blocks` does before reading): None when its time format is not
+    settled by the first block (then the file stays one part, read as in-process)."""
+    probe = src.probe()
+    if probe is None:
+        return None
+    # (for Parquet the first batch's parse decides it in-process: the probe is that batch)
+    src.time_format.parse(probe.column(probe.schema.names.index(src.columns.time)))
+    if src.time_format.kind is None:
+        return None
+    types = src._column_types(probe) if src.format == "csv" and src.typed_read else {}
+    return {"columns": replace(src.columns), "time": (src.time_format.kind, src.time_format.scale), "types": types,
+            "vehicle_note": src.vehicle_note}
+
+
+def _plan_parts(files: list[Path], sources: list[GpsFile], threads: int) -> list[_Part]:
+    """Pass-1 parts in input order: plain CSV files of several byte ranges (`GpsFile._split_ranges`, as an
+    in-process run cuts them) and Parquet files of several batches are split, about two parts per worker thread
+    (at most CLUSTER_PART_BYTES / CLUSTER_PART_ROWS each); every other file is one part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts: list[_Part] = []
+    for i, (f, src) in enumerate(zip(files, sources, strict=True)):
+        path, shown = str(Path(f).absolute()), str(f)
+        pieces: list[Any] = []
+        kind = src.format
+        try:
+            if kind == "csv":
+                ranges = src._split_ranges() or []
+                per = max(1, min(CLUSTER_PART_BYTES // max(1, src.range_bytes), -(-len(ranges) // (2 * threads))))
+                pieces = [ranges[k:k + per] for k in range(0, len(ranges), per)]
+            else:
+                n = int(pq.ParquetFile(src.path).metadata.num_rows)
+                step = src.parquet_batch_rows
+                n_batches = -(-n // step)
+                per = max(1, min(CLUSTER_PART_ROWS // step, -(-n_batches // (2 * threads))))
+                pieces = [(k * step, min(n, (k + per) * step)) for k in range(0, n_batches, per)]
+            settled = _settle_split(src) if len(pieces) > 1 else None
+        except (RoadmapError, OSError, pa.ArrowException):  # a whole-file part raises the error in its turn
+            settled = None
+        if settled is None:
+            parts.append(_Part(i, path, shown))
+            continue
+        for k, piece in enumerate(pieces):
+            parts.append(_Part(i, path, shown, kind, ranges=piece if kind == "csv" else [],
+                               rows=piece if kind == "parquet" else (0, 0), last=k == len(pieces) - 1,
+                               settled=settled))
+    return parts
+
+
+@dataclass
+class _FileRead:
+    """Main-process bookkeeping of a file read in parts (what `GpsFile.batches` keeps while reading one)."""
+
+    rows: int = 0  # data rows of the parts so far (the row number base of the next part)
+    malformed: int = 0
+    malformed_example: str | None = None
+    line: int = 2  # physical line of the next range (the header is line 1)
+    ranges: int = 0
+    as_text: int = 0
+    quantum: bool = False
+
+
+def _pass1_cluster(cluster: Cluster, files: list[Path], sources: list[GpsFile], spec: _ReadSpec,
+                   vehicles: VehicleIndex, drops: DropLog, keep: Callable[[ParsedBatch], None], ext: _Extent,
+                   q_lat: list[np.ndarray], q_lon: list[np.ndarray], bar: Any) -> None:
+    """Pass 1 on the cluster: parts parsed on the workers, their results taken here in input order as the
+    in-process loop takes batches (global vehicle codes in first-appearance order, drops with whole-file row
+    numbers, `keep` per batch); `sources` end up describing their files as after an in-process read."""
+    parts = _plan_parts(files, sources, cluster.n_threads)
+    log.info("cluster: GPS pass 1 in %d part(s) of %d file(s)", len(parts), len(files))
+    reads = [_FileRead() for _ in files]
+    for part, out in zip(parts, cluster.map_ordered(_read_part, parts, spec), strict=True):
+        src, fr = sources[part.file], reads[part.file]
+        for level, msg in out.logs:
+            log.log(level, "%s", msg)
+        if out.file_vehicle and out.names:
+            lut = [vehicles.code(src._file_vehicle_name(vehicles))]
+        else:
+            lut = [vehicles.code(name) for name in out.names]
+        veh, t, lon, lat, speed, bearing = out.cols
+        veh = np.asarray(lut, dtype=np.int32)[veh]
+        pos = 0
+        for rows, kept, stats in out.batches:
+            sl = slice(pos, pos + kept)
+            pos += kept
+            keep(ParsedBatch(veh[sl], t[sl], lon[sl], lat[sl], speed[sl], bearing[sl], rows))
+            ext.merge(stats)
+            bar.update(rows)
+        if out.quantum is not None and not fr.quantum:
+            q_lat.append(out.quantum[0])
+            q_lon.append(out.quantum[1])
+            fr.quantum = True
+        name = src.path.name
+        for reason, k, example in out.drops:
+            drops.add(reason, k, example.shifted(name, fr.rows) if isinstance(example, _RowExample) else example)
+        fr.rows += sum(b[0] for b in out.batches)
+        types = part.settled["types"] if part.settled else {}
+        for lines, malformed, first, typed, note in out.ranges:  # as GpsFile._range_blocks
+            fr.malformed += malformed
+            if first is not None and fr.malformed_example is None:
+                number, n_fields, expected, text = first
+                where = f" row {fr.line + number - 1}" if number > 0 else ""
+                fr.malformed_example = f"{name}{where}: {n_fields} fields, expected {expected}: {text!r}"
+            if types and not typed:
+                fr.as_text += 1
+                log.info("%s: %s; that part read as text", name, note)
+            fr.line += lines
+            fr.ranges += 1
+        if not part.last:
+            continue
+        if part.kind == "file":
+            st = out.state
+            src.columns.vehicle = st["vehicle"]
+            src.time_format = TimeFormat(*st["time"])
+            src.read_mode, src.rows_read, src.vehicle_note = st["read_mode"], st["rows_read"], st["vehicle_note"]
+            continue
+        if fr.malformed:
+            drops.add("malformed_row", fr.malformed, fr.malformed_example)
+        src.rows_read = fr.rows + fr.malformed
+        if part.kind == "csv":
+            typed_desc = "typed: " + ", ".join(f"{c} {typ}" for c, typ in types.items()) if types else "text"
+            src.read_mode = f"{typed_desc}; {fr.ranges} ranges in parallel" + (
+                f", {fr.as_text} of them as text after a value that did not convert" if fr.as_text else "")
+
+
+@dataclass
+class _ChunkSpec:
+    """What every pass-2 task needs besides its records: the grid, the projector's lattice box and settings,
+    the store's tiling."""
+
+    key: str  # one run
+    grid: Grid
+    bbox: tuple[float, float, float, float]
+    knobs: dict[str, Any]
+    tile_size: int
+    tiles_x: int
+
+
+def _worker_projector(spec: _ChunkSpec) -> _Projector:
+    def build() -> _Projector:
+        p = _Projector(spec.grid)
+        for k, v in spec.knobs.items():
+            setattr(p, k, v)
+        if not p.identity:
+            p._build_lattice(*spec.bbox)
+        return p
+
+    return worker_cached(("roadmap-ingest-projector", spec.key), build)
+
+
+def _index_chunk(item: tuple[np.ndarray, np.ndarray | None], spec: _ChunkSpec,
+                 names: list[str]) -> tuple[int, _ChunkOut]:
+    """Pass 2 of one chunk, on a worker (`_process_chunk` with the run's projector, built once per worker)."""
+    rec, context = item
+    tile_ids = functools.partial(tile_index, tile_size=spec.tile_size, tiles_x=spec.tiles_x)
+    out = _process_chunk(rec, context, _worker_projector(spec), names, tile_ids)
+    out.context = _NO_RECORDS  # not needed back: the main process hands every chunk its context
+    return rec.size, out
+
+
+def _last_per_vehicle(rec: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+    """Each vehicle's last record of `context` + `rec` in time, the first in input order of equal times: the
+    context `_process_chunk` returns for the next time slice, found without processing the slice (so that the
+    slices of a bucket run as independent tasks)."""
+    if context is not None and context.size:
+        rec = np.concatenate([context, rec])
+    if rec.size == 0:
+        return rec
+    order = _sort_vehicle_time(rec["vehicle"], rec["time"])
+    if order is not None:
+        rec = take_records(rec, order)
+    v, t = rec["vehicle"], rec["time"]
+    n = rec.size
+    run = np.ones(n, dtype=bool)  # the first of each run of equal (vehicle, time): what dropping duplicates keeps
+    run[1:] = (v[1:] != v[:-1]) | (t[1:] != t[:-1])
+    run_start = np.maximum.accumulate(np.where(run, np.arange(n), 0))
+    last = np.ones(n, dtype=bool)
+    last[:-1] = v[1:] != v[:-1]
+    return take_records(rec, run_start[last])
+
+
+def _cluster_jobs(rows: np.ndarray | None, buckets: _Spill | None, group_rows: int, chunk_rows: int,
+                  work_dir: Path) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The pass-2 chunks of an in-process run, in the same order and cut the same way, as (records, context):
+    in memory, `_memory_jobs`; from the bucket spill, groups of buckets as `_pass2_spill` reads them and the
+    time slices of an oversized bucket, each with its context computed here."""
+    if rows is not None:
+        for index, context in _memory_jobs(rows, chunk_rows):
+            yield take_records(rows, index), context
+        return
+    assert buckets is not None
+    for group in _groups(buckets.counts, group_rows):
+        n_group = int(sum(buckets.counts[i] for i in group))
+        if len(group) == 1 and n_group > group_rows:
+            path = work_dir / f"slices{group[0]:04d}.bin"
+            slices, n_slices = _time_slices(buckets, group[0], group_rows, path)
+            try:
+                context = None
+                for k in range(n_slices):
+                    rec = slices.read([k])
+                    yield rec, context
+                    context = _last_per_vehicle(rec, context)
+            finally:
+                slices.close()
+                path.unlink()
+            continue
+        group_recs = buckets.read(group)
+        for index, context in _memory_jobs(group_recs, chunk_rows):
+            yield take_records(group_recs, index), context
+
+
+def _pass2_cluster(cluster: Cluster, rows: np.ndarray | None, buckets: _Spill | None, group_rows: int,
+                   chunk_rows: int, work_dir: Path, spec: _ChunkSpec, names: list[str],
+                   take: Callable[[_ChunkOut], Any], bar: Any) -> None:
+    """Pass 2 on the cluster: the chunks of `_cluster_jobs` processed on the workers, taken here in order."""
+    key = f"roadmap-ingest-names-{spec.key}"
+    names_future = cluster.client.scatter({key: names}, broadcast=True, hash=False)[key]
+    try:
+        jobs = _cluster_jobs(rows, buckets, group_rows, chunk_rows, work_dir)
+        for n, out in cluster.map_ordered(_index_chunk, jobs, spec, names_future):
+            take(out)
+            bar.update(n)
+    finally:
+        names_future.release()
 
 
 # ---- the whole stage ---------------------------------------------------------------------------------------
@@ -1153,12 +1690,14 @@ def run_ingest(wd: Workdir, opts: IngestOptions) -> dict[str, Any]:
                 overrides = parse_columns_spec(settings.get("columns"))
                 gps_crs = _parse_crs(settings.get("gps_crs"), "--gps-crs")
         if files:
-            grid, gps_report = ingest_gps(
-                files, grid, tmp / "gps", tmp / "work", overrides=overrides, gps_crs=gps_crs,
-                speed_unit=settings.get("speed_unit", opts.speed_unit),
-                max_bad_fraction=float(settings.get("max_bad_fraction", opts.max_bad_fraction)),
-                crs=crs, resolution=opts.resolution or DEFAULT_RESOLUTION, tile_size=opts.tile_size,
-                group_rows=opts.group_rows, block_size=opts.block_size, memory_rows=opts.memory_rows)
+            with open_cluster(opts.scheduler) as cluster:
+                grid, gps_report = ingest_gps(
+                    files, grid, tmp / "gps", tmp / "work", overrides=overrides, gps_crs=gps_crs,
+                    speed_unit=settings.get("speed_unit", opts.speed_unit),
+                    max_bad_fraction=float(settings.get("max_bad_fraction", opts.max_bad_fraction)),
+                    crs=crs, resolution=opts.resolution or DEFAULT_RESOLUTION, tile_size=opts.tile_size,
+                    group_rows=opts.group_rows, block_size=opts.block_size, memory_rows=opts.memory_rows,
+                    cluster=cluster)
         assert grid is not None
         report: dict[str, Any] = {"roadmap_version": __version__,
                                   "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}

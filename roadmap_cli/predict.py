@@ -65,6 +65,7 @@ DEFAULT_TILE_SIZE = 1024
 TTA_CHOICES = (1, 2, 4, 8)
 FINGERPRINT_TAG = "ROADMAP_FINGERPRINT"
 STATE_VERSION = 1
+WINDOWS_PER_TASK = 16  # windows per cluster task (whole batches): small enough to spread, large enough to amortise
 
 
 def default_overlap(tile_size: int) -> int:
@@ -436,8 +437,11 @@ class _ModelEngine:
 
     def __init__(self, model: Any, meta: dict[str, Any], workdir: Workdir, grid: Any, layout: TileLayout,
                  inputs: str, feed_gps: bool, render_params: Any, batch_size: int, tta: int, device: Any,
-                 workers: int, stats: RunStats) -> None:
+                 workers: int, stats: RunStats, cluster: Any = None, remote_spec: dict[str, Any] | None = None,
+                 windows_per_task: int = WINDOWS_PER_TASK) -> None:
         self.model, self.meta, self.grid, self.layout = model, meta, grid, layout
+        self.cluster, self.remote_spec, self.windows_per_task = cluster, remote_spec, windows_per_task
+        self._remote: Any = None
         self.model_inputs = str(meta["inputs"])
         self.uses_image = "image" in self.model_inputs
         self.uses_gps = "gps" in self.model_inputs
@@ -505,6 +509,10 @@ class _ModelEngine:
 
     def start(self, first_band: int, carry: np.ndarray | None) -> None:
         self._carry_in = carry
+        if self.cluster is not None:
+            tasks = [(k, i) for k in range(first_band, self.n_bands) for i in self.task_starts()]
+            self._remote = self.cluster.map_ordered(predict_windows_task, tasks, self.remote_spec)
+            return
         keys = [(ty, tx) for ty in range(first_band, self.n_bands) for tx in range(len(self.layout.xs))]
         # one batch ahead: the readers prepare batch b+1 while the network runs batch b
         self._prefetch = Prefetch(self.load_tile, keys, self.workers, max(self.batch_size, self.workers))
@@ -513,12 +521,68 @@ class _ModelEngine:
         if self._prefetch is not None:
             self._prefetch.close()
             self._prefetch = None
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
         if self.imagery is not None:
             self.imagery.close()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [B, h, w] of a batch [B, C, h, w], averaged over the TTA flips/rotations."""
         return forward_tta(self.model, batch, self.tta, self.device)
+
+    # -- where a band's probabilities come from ---------------------------------------------------------------
+    def task_size(self) -> int:
+        """Windows per cluster task: whole batches, `windows_per_task` at most (one batch at least)."""
+        return max(1, self.windows_per_task // self.batch_size) * self.batch_size
+
+    def task_starts(self) -> list[int]:
+        """First window of each cluster task in a band."""
+        return list(range(0, len(self.layout.xs), self.task_size()))
+
+    def _forward_batches(self, k: int, first: int, count: int, source: Iterator[Any]) -> Iterator[tuple]:
+        """(probs [n, h, w], [(valid, n_samples)] * n) per batch of windows first..first+count of band k.
+
+        Batches are cut the same way wherever they run (in-process or on a worker): a band is split into runs
+        of `batch_size` windows from its left edge, so the network sees the same batches and gives the same
+        numbers.
+        """
+        import time
+
+        i = first
+        end = first + count
+        while i < end:
+            n = min(self.batch_size, end - i)
+            items = [next(source) for _ in range(n)]
+            head = items[0][0]
+            if self._batch is None or self._batch.shape[1:] != head.shape or self._batch.dtype != head.dtype:
+                self._batch = np.empty((self.batch_size, *head.shape), dtype=head.dtype)  # reused: no page faults
+            batch = np.stack([it[0] for it in items], out=self._batch[:n])
+            rest = [(valid, n_samples) for _, valid, n_samples in items]  # drop the inputs: memory
+            t0 = time.perf_counter()
+            probs = self.forward(batch)
+            self.stats.forward_seconds += time.perf_counter() - t0
+            yield probs, rest
+            i += n
+
+    def band_batches(self, k: int) -> Iterator[tuple]:
+        """Band k's batches in order: from the reader threads and the local network, or from cluster tasks."""
+        if self._remote is None:
+            yield from self._forward_batches(k, 0, len(self.layout.xs), self._prefetch)
+            return
+        for _ in self.task_starts():
+            result = next(self._remote)
+            self.stats.forward_seconds += result["forward_seconds"]
+            yield from result["batches"]
+
+    def compute_windows(self, k: int, first: int, count: int) -> list[tuple]:
+        """Worker side: the batches of windows first..first+count of band k (reads on the worker's threads)."""
+        keys = [(k, tx) for tx in range(first, first + count)]
+        reader = Prefetch(self.load_tile, keys, self.workers, max(self.batch_size, self.workers))
+        try:
+            return list(self._forward_batches(k, first, count, reader))
+        finally:
+            reader.close()
 
     def run_band(self, k: int, on_window: Callable[[int], None], emit: Callable[[int, np.ndarray], None]) -> None:
         """Run band k's tiles; emit its finished rows column block by column block; keep what band k+1 adds to.
@@ -528,8 +592,6 @@ class _ModelEngine:
         (copied into the carry strip, which seeds those columns of band k+1). Memory across the mosaic width is
         two float32 strips of overlap height.
         """
-        import time
-
         lay = self.layout
         r0, r1 = lay.band_rows(k)
         nr, th, tw = r1 - r0, lay.tile_h, lay.tile_w
@@ -542,17 +604,8 @@ class _ModelEngine:
         lo = hi = 0  # columns [lo, hi) of the mosaic live in work[:, :hi - lo]
         nx = len(lay.xs)
         i = 0
-        while i < nx:
-            n = min(self.batch_size, nx - i)
-            items = [next(self._prefetch) for _ in range(n)]
-            first = items[0][0]
-            if self._batch is None or self._batch.shape[1:] != first.shape or self._batch.dtype != first.dtype:
-                self._batch = np.empty((self.batch_size, *first.shape), dtype=first.dtype)  # reused: no page faults
-            batch = np.stack([it[0] for it in items], out=self._batch[:n])
-            items = [(valid, n_samples) for _, valid, n_samples in items]  # drop the inputs: memory
-            t0 = time.perf_counter()
-            probs = self.forward(batch)
-            self.stats.forward_seconds += time.perf_counter() - t0
+        for probs, items in self.band_batches(k):
+            n = len(items)
             for j, (valid, n_samples) in enumerate(items):
                 x0 = lay.xs[i + j]
                 x1 = x0 + tw
@@ -606,7 +659,9 @@ class _KdeEngine:
         self.store = PointStore(workdir.path("gps"))
         self.margin = kde_margin(kernel_size, sigma)
         self.xs = list(range(0, grid.width, window))
-        self._prefetch: Prefetch | None = None
+        self._prefetch: Any = None
+        self.cluster: Any = None
+        self.remote_spec: dict[str, Any] | None = None
 
     @property
     def n_bands(self) -> int:
@@ -630,8 +685,16 @@ class _KdeEngine:
         return probability_to_uint8(d, None)
 
     def start(self, first_band: int, carry: np.ndarray | None) -> None:
+        if self.cluster is not None:  # one task per band, its windows back in order
+            bands = self.cluster.map_ordered(kde_band_task, range(first_band, self.n_bands), self.remote_spec)
+            self._prefetch = (block for blocks in bands for block in blocks)
+            return
         keys = [(k, x0) for k in range(first_band, self.n_bands) for x0 in self.xs]
         self._prefetch = Prefetch(self.compute, keys, self.workers, 2 * self.workers + 1)
+
+    def compute_band(self, k: int) -> list[np.ndarray]:
+        """Worker side: band k's windows, left to right."""
+        return [self.compute((k, x0)) for x0 in self.xs]
 
     def close(self) -> None:
         if self._prefetch is not None:
@@ -652,6 +715,89 @@ def kde_margin(kernel_size: int, sigma: float | None) -> int:
     from roadmap_cli.render import kde_margin as render_kde_margin
 
     return int(math.ceil(render_kde_margin(kernel_size, sigma)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cluster tasks (run on Dask workers; see roadmap_cli.cluster)
+# ---------------------------------------------------------------------------------------------------------------
+def worker_device(spec: str) -> Any:
+    """The torch device of a worker: `--device` resolved there; with several GPUs visible, one per worker.
+
+    A worker that sees several GPUs (a plain `dask worker --nworkers N` on a multi-GPU node) takes the GPU
+    numbered by its worker name's trailing integer modulo the GPU count; workers started by dask-cuda see one
+    GPU each and take it.
+    """
+    import torch
+
+    from roadmap_cli.options import resolve_device
+
+    dev = resolve_device(spec)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.device_count() > 1:
+        try:
+            from distributed import get_worker
+
+            digits = re.search(r"(\d+)$", str(get_worker().name))
+            dev = torch.device("cuda", int(digits.group(1)) % torch.cuda.device_count() if digits else 0)
+        except (ImportError, ValueError):
+            pass
+    return dev
+
+
+def _remote_model_engine(spec: dict[str, Any]) -> _ModelEngine:
+    from roadmap_cli.cluster import worker_cached
+
+    def build() -> _ModelEngine:
+        from roadmap_cli.checkpoint import build_from_checkpoint
+
+        dev = worker_device(spec["device"])
+        model, meta = build_from_checkpoint(spec["checkpoint"], dev)
+        if model_digest(model) != spec["model"]:
+            raise RoadmapError(f"{spec['checkpoint']}: the worker read other weights than the main process (is the "
+                               "path shared, and the file unchanged?)")
+        wd = Workdir(spec["workdir"])
+        grid = wd.load_grid()
+        layout = TileLayout.build(grid.width, grid.height, spec["tile"], spec["overlap"])
+        params = None
+        if meta.get("render") is not None and "gps" in spec["inputs"]:
+            from roadmap_cli.render import RenderParams
+
+            params = RenderParams.from_dict(meta["render"])
+        return _ModelEngine(model, meta, wd, grid, layout, spec["inputs"], spec["feed_gps"], params,
+                            spec["batch_size"], spec["tta"], dev, spec["readers"], RunStats(),
+                            windows_per_task=spec["windows_per_task"])
+
+    return worker_cached(("predict", json.dumps(spec, sort_keys=True)), build)
+
+
+def predict_windows_task(task: tuple[int, int], spec: dict[str, Any]) -> dict[str, Any]:
+    """Dask task: the network's probabilities for one run of whole batches of band `task[0]` from window `task[1]`.
+
+    Returns {"batches": [(probs [n, h, w] float32, [(valid, n_samples)] * n)], "forward_seconds"}; the main
+    process blends them exactly as it blends its own batches.
+    """
+    from roadmap_cli.cluster import worker_threads
+
+    worker_threads()
+    engine = _remote_model_engine(spec)
+    k, first = task
+    count = min(engine.task_size(), len(engine.layout.xs) - first)
+    engine.stats.forward_seconds = 0.0
+    batches = engine.compute_windows(k, first, count)
+    return {"batches": batches, "forward_seconds": engine.stats.forward_seconds}
+
+
+def kde_band_task(k: int, spec: dict[str, Any]) -> list[np.ndarray]:
+    """Dask task: the KDE baseline's uint8 windows of band k, left to right."""
+    from roadmap_cli.cluster import worker_cached, worker_threads
+
+    worker_threads()
+
+    def build() -> _KdeEngine:
+        wd = Workdir(spec["workdir"])
+        return _KdeEngine(wd, wd.load_grid(), spec["window"], spec["kernel_size"], spec["sigma"], spec["scale"],
+                          spec["reference"], 1, RunStats())
+
+    return worker_cached(("kde", json.dumps(spec, sort_keys=True)), build).compute_band(k)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -820,7 +966,9 @@ def predict_to_raster(model: Any, meta: dict[str, Any], workdir: Workdir | str |
                       overlap: int | None = None, batch_size: int = 4, tta: int = 1, device: Any = "cpu",
                       workers: int | None = None, inputs: str | None = None, cog: bool = False, overwrite: bool = False,
                       model_id: str | None = None, source: str = "model",
-                      band_hook: Callable[[int], None] | None = None) -> RunStats:
+                      band_hook: Callable[[int], None] | None = None, cluster: Any = None,
+                      checkpoint: str | os.PathLike[str] | None = None, worker_device: str = "auto",
+                      windows_per_task: int = WINDOWS_PER_TASK) -> RunStats:
     """Write the road probability raster of `model` (an nn.Module in eval mode) over the workdir's grid.
 
     `meta` is the checkpoint metadata (inputs, render, normalisation, tile_size). `inputs` may be "image" for an
@@ -828,7 +976,12 @@ def predict_to_raster(model: Any, meta: dict[str, Any], workdir: Workdir | str |
     weights in the resume fingerprint (default: a hash of the state dict). `band_hook(k)` runs after band k is
     recorded (tests use it to simulate a killed run). `workers` (reader threads) defaults to 2 on CPU, where the
     network wants the cores, and to half the cores (2..8) on a GPU, where reading and rendering are the bottleneck.
-    Returns what the run did.
+
+    With `cluster` (roadmap_cli.cluster.Cluster) the windows run as tasks on its workers, `windows_per_task` at a
+    time in whole batches, each worker loading `checkpoint` (which must hold `model`'s weights, at a path the
+    workers see) onto `worker_device` resolved there; this process blends and writes as before, so the raster
+    equals an in-process run's wherever the network gives the same numbers (same device kind and torch thread
+    count: one per Dask worker thread). Returns what the run did.
     """
     import torch
 
@@ -882,8 +1035,20 @@ def predict_to_raster(model: Any, meta: dict[str, Any], workdir: Workdir | str |
     stats = RunStats()
     if "gps" in model_inputs and not feed_gps:
         log.warning("%s: predicting from imagery alone; the model's GPS channels are left empty", source)
+    remote_spec = None
+    if cluster is not None:
+        if checkpoint is None:
+            raise RoadmapError("--scheduler: the workers load the model from its checkpoint file; pass --model or "
+                               "keep <workdir>/model.pt")
+        if windows_per_task < 1:
+            raise RoadmapError(f"windows per task {windows_per_task}: must be at least 1")
+        remote_spec = {"checkpoint": str(Path(checkpoint).resolve()), "model": fingerprint["model"],
+                       "device": worker_device, "workdir": str(wd.root.resolve()), "tile": tile, "overlap": ov,
+                       "inputs": model_inputs, "feed_gps": feed_gps, "batch_size": batch_size, "tta": tta,
+                       "readers": 2, "windows_per_task": windows_per_task}
+        fingerprint["device"] = f"cluster:{worker_device}"
     engine = _ModelEngine(model, meta, wd, grid, layout, model_inputs, feed_gps, params, batch_size, tta, dev,
-                          workers, stats)
+                          workers, stats, cluster=cluster, remote_spec=remote_spec, windows_per_task=windows_per_task)
     _run(engine, grid, out_path, fingerprint, overwrite, cog, stats, band_hook, "predict")
     if stats.gps_windows and stats.windows_without_gps:
         frac = stats.windows_without_gps / stats.gps_windows
@@ -896,7 +1061,7 @@ def predict_to_raster(model: Any, meta: dict[str, Any], workdir: Workdir | str |
 def predict_kde(workdir: Workdir | str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
                 kernel_size: int = 9, sigma: float | None = None, scale: str = "log", reference: float = 16.0,
                 window: int = 1024, workers: int | None = None, cog: bool = False, overwrite: bool = False,
-                band_hook: Callable[[int], None] | None = None) -> RunStats:
+                band_hook: Callable[[int], None] | None = None, cluster: Any = None) -> RunStats:
     """Write the paper's GPS-only KDE baseline (Gaussian-smoothed sample density) as a probability raster.
 
     The density d (samples per pixel after smoothing) maps to min(1, log1p(d)/log1p(reference)) with scale "log"
@@ -927,4 +1092,8 @@ def predict_kde(workdir: Workdir | str | os.PathLike[str], out: str | os.PathLik
                    "roadmap": __version__}
     stats = RunStats()
     engine = _KdeEngine(wd, grid, window, kernel_size, sigma, scale, reference, workers, stats)
+    if cluster is not None:  # a band per task; the windows are exact, so the bytes equal an in-process run's
+        engine.cluster = cluster
+        engine.remote_spec = {"workdir": str(wd.root.resolve()), "window": window, "kernel_size": kernel_size,
+                              "sigma": sigma, "scale": scale, "reference": reference}
     return _run(engine, grid, out_path, fingerprint, overwrite, cog, stats, band_hook, "kde")

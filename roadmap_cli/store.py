@@ -89,6 +89,19 @@ def take_records(records: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(raw, index, axis=0).view(records.dtype).reshape(-1)
 
 
+def tile_index(col: np.ndarray, row: np.ndarray, tile_size: int, tiles_x: int) -> np.ndarray:
+    """Flat tile index (row-major, `tiles_x` tiles a row) of each position: what `StoreWriter.tile_ids` gives,
+    as a plain function for workers that have no writer. Positions must lie inside the grid: non-negative, so
+    the integer part is the floor and floor(floor(x) / n) == floor(x / n) exactly."""
+    tx = np.asarray(col).astype(np.int64)
+    tx //= tile_size
+    ty = np.asarray(row).astype(np.int64)
+    ty //= tile_size
+    ty *= tiles_x
+    ty += tx
+    return ty
+
+
 def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
     """Write the bytes of a contiguous array at a byte offset of a file (positional: threads may write apart)."""
     view = memoryview(data).cast("B")
@@ -129,15 +142,8 @@ class StoreWriter:
         self._fh = open(self.path / "samples.bin", "wb")  # noqa: SIM115 - closed in close()/__exit__
 
     def tile_ids(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """Flat tile index of each position (positions must lie inside the grid: non-negative, so the integer
-        part is the floor and floor(floor(x) / n) == floor(x / n) exactly)."""
-        tx = np.asarray(col).astype(np.int64)
-        tx //= self.tile_size
-        ty = np.asarray(row).astype(np.int64)
-        ty //= self.tile_size
-        ty *= self.tiles_x
-        ty += tx
-        return ty
+        """Flat tile index of each position (see `tile_index`)."""
+        return tile_index(col, row, self.tile_size, self.tiles_x)
 
     def append(self, samples: np.ndarray, tile_sorted: bool = False, tile_ids: np.ndarray | None = None) -> None:
         """Add samples (SAMPLE_DTYPE) lying inside the grid.

@@ -3,7 +3,9 @@
 Order, and the plug-in points (each optional module is imported lazily; the stage works without it):
 
 1. `postprocess.vectorize.raster_to_graph` turns the mask (default `<workdir>/prob.tif`, or any single-band
-   raster via --mask, on its own grid) into a `RoadGraph` in the mask's CRS.
+   raster via --mask, on its own grid) into a `RoadGraph` in the mask's CRS. With --scheduler the skeleton's
+   core windows are traced on the Dask workers (`trace_window_task`, reading the mask at the same path) and
+   stitched here exactly as in-process, so the graph is the same.
 2. `_conflate(graph, existing_osm)` (only with --existing-osm) uses `postprocess.conflate`:
    `read_existing_osm(path) -> ExistingOSM`, `conflate(graph, existing) -> (graph, summary)` (drops or cuts
    edges already mapped; sets `node_attrs[n] = {"osm_id", "osm_version", "tags"}` on nodes snapped to existing OSM
@@ -189,8 +191,37 @@ def _asdict(obj) -> Any:
     return obj if isinstance(obj, dict) else str(obj)
 
 
-def run_vectorize(wd: Workdir, opts: VectorizeOptions) -> VectorizeOutcome:
-    """Run the stage in workdir `wd` (see the module docstring)."""
+def trace_window_task(core: tuple[int, int, int, int], spec: dict[str, Any]) -> tuple:
+    """Dask task: one core window of the skeleton stage (`postprocess.skeleton.trace_one`), read on the worker."""
+    import threading
+
+    from postprocess.skeleton import trace_one
+    from postprocess.vectorize import RasterSource
+    from roadmap_cli.cluster import worker_cached
+
+    key = ("vectorize", spec["mask"], spec["mtime_ns"], threading.get_ident())  # a dataset handle per thread
+    src = worker_cached(key, lambda: RasterSource(spec["mask"], scale=spec["scale"]), keep=4)
+    return trace_one(src.read, spec["width"], spec["height"], core, spec["params"])
+
+
+def _cluster_mapper(cluster: Any, mask: Path, src: Any) -> Any:
+    """map_windows for graph_from_source: the core windows as cluster tasks, results in order."""
+    spec = {"mask": str(mask.resolve()), "mtime_ns": mask.stat().st_mtime_ns, "scale": src.scale,
+            "width": src.ds.width, "height": src.ds.height}
+
+    def mapper(cores: list, skeleton_params: Any) -> Any:
+        return cluster.map_ordered(trace_window_task, cores, dict(spec, params=skeleton_params))
+
+    return mapper
+
+
+def run_vectorize(wd: Workdir, opts: VectorizeOptions, cluster: Any = None,
+                  scheduler: str | None = None) -> VectorizeOutcome:
+    """Run the stage in workdir `wd` (see the module docstring).
+
+    With `cluster` (a roadmap_cli.cluster.Cluster), or a `scheduler` address connected to only when there is
+    work to do, the skeleton's windows run on the cluster's workers.
+    """
     from postprocess.vectorize import RasterSource, VectorizeParams, VectorizeStats, graph_from_source
 
     params = opts.params or VectorizeParams()
@@ -249,10 +280,15 @@ def run_vectorize(wd: Workdir, opts: VectorizeOptions) -> VectorizeOutcome:
 
         n_windows = sum(1 for _ in core_windows(src.ds.width, src.ds.height, params.tile_size))
         stats = VectorizeStats()
-        with progress(total=n_windows, desc="vectorize", unit="window") as bar:
+        from roadmap_cli.cluster import open_cluster
+
+        with open_cluster(scheduler if cluster is None else None) as opened, \
+                progress(total=n_windows, desc="vectorize", unit="window") as bar:
+            on = cluster or opened
             try:
+                mapper = None if on is None else _cluster_mapper(on, mask, src)
                 graph = graph_from_source(src, tuple(src.ds.transform)[:6], src.ds.crs.to_wkt(), params, stats,
-                                          bar.update)
+                                          bar.update, mapper)
             except ValueError as exc:
                 raise RoadmapError(f"--mask {mask}: {exc}") from exc
     finally:

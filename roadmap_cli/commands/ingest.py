@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from roadmap_cli.cluster import scheduler_option
 from roadmap_cli.options import config_option, overwrite_option, record_config
 
 
@@ -25,12 +26,13 @@ from roadmap_cli.options import config_option, overwrite_option, record_config
               show_default=True, help="Unit of the input speed column (the store keeps m/s).")
 @click.option("--max-bad-fraction", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Fail when more than this fraction of rows is dropped.")
+@scheduler_option
 @overwrite_option
 @config_option
 @click.pass_context
 def cmd(ctx: click.Context, gps: tuple[str, ...], imagery: str | None, columns: str | None, gps_crs: str | None,
         crs: str | None, resolution: float | None, speed_unit: str, max_bad_fraction: float,
-        overwrite: bool) -> None:
+        scheduler: str | None, overwrite: bool) -> None:
     """Read GPS files and imagery into the workdir's grid and point store.
 
     \b
@@ -47,6 +49,11 @@ def cmd(ctx: click.Context, gps: tuple[str, ...], imagery: str | None, columns: 
     A file without a vehicle column is one vehicle.
 
     \b
+    With --scheduler the GPS files are read in parts (files, byte ranges of large CSV files, batches
+    of Parquet files) and indexed in chunks of vehicles on the Dask cluster's workers, which must see
+    the input files at the same paths; the store and report are those of an in-process run.
+
+    \b
     The grid comes from the imagery; without imagery, from the GPS extent at --resolution in --crs.
     Re-running on a workdir: artifacts are replaced only with --overwrite.
       --gps only, workdir has imagery: the store is rebuilt on the imagery grid.
@@ -60,11 +67,11 @@ def cmd(ctx: click.Context, gps: tuple[str, ...], imagery: str | None, columns: 
         raise click.UsageError("give --gps FILE (repeatable) and/or --imagery PATH", ctx=ctx)
     opts = IngestOptions(gps=list(gps), imagery=imagery, columns=columns, gps_crs=gps_crs, crs=crs,
                          resolution=resolution, speed_unit=speed_unit, max_bad_fraction=max_bad_fraction,
-                         overwrite=overwrite)
+                         overwrite=overwrite, scheduler=scheduler)
     report = run_ingest(ctx.obj.workdir, opts)
     record_config(ctx, {"gps": list(gps), "imagery": imagery, "columns": columns, "gps_crs": gps_crs, "crs": crs,
                         "resolution": resolution, "speed_unit": speed_unit, "max_bad_fraction": max_bad_fraction,
-                        "overwrite": overwrite})
+                        "scheduler": scheduler, "overwrite": overwrite})
     g = report["grid"]
     msg = f"ingest: grid {g['width']} x {g['height']} px at {g['pixel_size_m']:g} m ({g['source']})"
     if report.get("rows_read"):

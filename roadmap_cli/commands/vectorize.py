@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from roadmap_cli.cluster import scheduler_option
 from roadmap_cli.options import config_option, overwrite_option, record_config, say
 
 log = logging.getLogger("roadmap")
@@ -41,12 +42,13 @@ log = logging.getLogger("roadmap")
 @click.option("--verify-radius", type=float, default=None,
               help="GPS verification: samples within this many metres of a road count for it.  "
                    "[default: the verifier's, 15 m]")
+@scheduler_option
 @config_option
 @overwrite_option
 @click.pass_context
 def cmd(ctx: click.Context, mask: str | None, threshold: float, min_length: float, min_spur: float, max_gap: float,
         gap_threshold: float, junction_merge: float, simplify: float, highway: str, tile_size: int,
-        existing_osm: str | None, verify_radius: float | None, overwrite: bool) -> None:
+        existing_osm: str | None, verify_radius: float | None, scheduler: str | None, overwrite: bool) -> None:
     """Turn a road probability raster into a road graph and files a mapper can review.
 
     Threshold, clean, skeletonize and trace the raster window by window, prune spurs, merge junction clusters,
@@ -75,7 +77,7 @@ def cmd(ctx: click.Context, mask: str | None, threshold: float, min_length: floa
     opts = VectorizeOptions(mask=Path(mask) if mask else None, highway=highway,
                             existing_osm=Path(existing_osm) if existing_osm else None, verify_radius=verify_radius,
                             overwrite=overwrite, params=params)
-    out = run_vectorize(ctx.obj.workdir, opts)
+    out = run_vectorize(ctx.obj.workdir, opts, scheduler=scheduler)
     if not out.skipped:
         g = out.summary["graph"]
         say(ctx, f"vectorize: {g['edges']} roads, {g['length_m'] / 1000:.1f} km; wrote "
