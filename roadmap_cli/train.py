@@ -15,9 +15,14 @@ Several GPUs (DDP): launch through torchrun, e.g.
 
     torchrun --nproc-per-node 4 -m roadmap_cli -w city train --labels roads.gpkg --batch-size 8
 
-Each process takes its GPU from LOCAL_RANK, the sample indices of an epoch are split between ranks (each rank
-runs the same number of steps; `--batch-size` is per process), validation counts are summed across ranks, and
-only rank 0 writes files. The process group uses NCCL on CUDA and Gloo on CPU.
+Each process takes its GPU from LOCAL_RANK. `--batch-size` is per process: a step trains on `batch_size x
+world_size` tiles (the global batch), and BatchNorm statistics are per process. The sample indices of an epoch are
+dealt out in turn (rank r takes r, r + world, ...), so step k of a run at world size N and batch B trains on the
+same tiles as step k of a single-process run with batch N x B; every rank runs the same number of steps. DDP
+averages the gradients, so the replicas stay identical (checked at every checkpoint: a divergence stops the run
+with an error). The logged training loss is the mean over ranks, validation counts are summed across ranks, and
+only rank 0 writes files (and prints the summary). The process group uses NCCL on CUDA and Gloo on CPU.
+`last.pt` keeps the per-step training loss (mean over ranks) as `step_losses` in its resume state.
 """
 
 from __future__ import annotations
@@ -136,6 +141,32 @@ def _all_reduce(values: list[float], d: Dist, device: torch.device) -> list[floa
     t = torch.tensor(values, dtype=torch.float64, device=device)
     tdist.all_reduce(t)
     return t.tolist()
+
+
+def _replica_divergence(model: torch.nn.Module, d: Dist, device: torch.device) -> float:
+    """Largest difference between ranks of a parameter tensor's sum, relative to its sum of magnitudes.
+
+    0.0 when the replicas agree. DDP keeps them identical by averaging gradients; a rank that trains apart (a
+    broken launch, a parameter left out of the reduction) shows up here. One all-reduce, two numbers per tensor.
+    """
+    if not d.enabled or d.world < 2:
+        return 0.0
+    import torch.distributed as tdist
+
+    params = list(model.parameters())
+    if not params:
+        return 0.0
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in params]).to(device)
+        scale = torch.stack([p.detach().double().abs().sum() for p in params]).to(device)
+    both = torch.cat([sums, -sums])
+    tdist.all_reduce(both, op=tdist.ReduceOp.MAX)
+    hi, lo = both[:len(sums)], -both[len(sums):]
+    return float(((hi - lo) / scale.clamp(min=1e-12)).max())
+
+
+#: relative parameter-sum difference above which DDP replicas count as diverged (identical replicas give 0.0)
+REPLICA_TOLERANCE = 1e-5
 
 
 def _barrier(d: Dist) -> None:
@@ -419,6 +450,13 @@ def _resume_config(cfg: TrainConfig, last_path: Path, explicit: set[str]) -> tup
     if "config" not in extra or "step" not in extra:
         raise RoadmapError(f"{last_path}: holds no resume state (optimizer, step); it cannot be resumed")
     saved = extra["config"]
+    world_before = (meta.get("training") or {}).get("world_size")
+    world_now = dist_from_env().world
+    if world_before is not None and int(world_before) != world_now:
+        batch = int(saved.get("batch_size", cfg.batch_size))
+        log.warning("--resume: %s was trained with %d process(es), now %d; the global batch changes from %d to %d "
+                    "tiles and the run no longer repeats an uninterrupted one", last_path, int(world_before),
+                    world_now, batch * int(world_before), batch * world_now)
     merged = cfg.to_dict()
     for key in RESUME_FIXED:
         if key in saved:
@@ -530,6 +568,7 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
     best = -math.inf
     best_val: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = []
+    step_losses: list[float] = []  # training loss of every step, mean over ranks
     seconds_before = 0.0
     if resume_state is not None:
         ex = resume_extra
@@ -546,6 +585,7 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
         best = float(ex.get("best_score", -math.inf))
         best_val = ex.get("best_val")
         rows = list(ex.get("log", []))
+        step_losses = [float(v) for v in ex.get("step_losses", [])]
         seconds_before = float(ex.get("seconds", 0.0))
         _set_rng_state(ex.get("rng", {}), device)
         log.info("resuming at step %d (epoch %d, batch %d)", step, epoch + 1, batch_in_epoch)
@@ -581,8 +621,10 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
         "tile_size": int(cfg.tile_size),
     }
 
+    replica_divergence = 0.0
+
     def training_summary() -> dict[str, Any]:
-        return {
+        summary = {
             "workdirs": [str(Path(w).resolve()) for w in cfg.data_workdirs],
             "labels": [str(Path(p).resolve()) for p in labels],
             "data": data.summary(),
@@ -602,6 +644,9 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
             "seed": cfg.seed,
             "device": device.type,
         }
+        if d.world > 1:
+            summary["replica_divergence"] = replica_divergence
+        return summary
 
     t_start = time.perf_counter()
     saved_best = resume_state is not None
@@ -610,7 +655,11 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
         return seconds_before + time.perf_counter() - t_start
 
     def checkpoint(val: dict[str, Any] | None, train_loss: float | None) -> None:
-        nonlocal best, best_val, saved_best
+        nonlocal best, best_val, saved_best, replica_divergence
+        replica_divergence = _replica_divergence(model, d, device)
+        if replica_divergence > REPLICA_TOLERANCE:  # the same value on every rank: all stop together
+            raise RoadmapError(f"distributed training: the model replicas differ between ranks at step {step} "
+                               f"(relative difference {replica_divergence:.3g}); gradients are not being averaged")
         lr_now = optimizer.param_groups[0]["lr"]
         epochs_done = round(epoch + batch_in_epoch / steps_per_epoch, 3)
         row = {"epoch": epochs_done, "step": step,
@@ -634,7 +683,8 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
             extra = {
                 "config": cfg.to_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "samples_seen": samples_seen,
-                "best_score": best, "best_val": best_val, "log": rows, "seconds": elapsed(),
+                "best_score": best, "best_val": best_val, "log": rows, "step_losses": step_losses,
+                "seconds": elapsed(),
                 "rng": _rng_state(device),
             }
             save_checkpoint(paths["last"], model, dict(meta, best_validation=best_val), extra_state=extra)
@@ -651,6 +701,7 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
     net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
     loss_n = 0
+    epoch_losses: list[torch.Tensor] = []  # this stretch's per-step losses, kept on the device until it ends
 
     def finished() -> bool:
         return step >= total_steps or (cfg.steps is None and epoch >= cfg.epochs)
@@ -677,6 +728,7 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
             samples_seen += x.shape[0] * d.world
             loss_sum += loss.detach()
             loss_n += 1
+            epoch_losses.append(loss.detach())
             if bar is not None:
                 bar.update(1)
                 if loss_n % 10 == 1:
@@ -695,6 +747,15 @@ def _run(cfg: TrainConfig, out: Workdir, d: Dist, device: torch.device, explicit
         train_loss = float(_all_reduce([float(loss_sum)], d, device)[0]) / (loss_n * d.world) if loss_n else None
         loss_sum.zero_()
         loss_n = 0
+        if epoch_losses:
+            per_step = torch.stack(epoch_losses).double()
+            if d.enabled:
+                import torch.distributed as tdist
+
+                tdist.all_reduce(per_step)
+                per_step /= d.world
+            step_losses.extend(per_step.tolist())
+            epoch_losses.clear()
         val = validate(model, val_loader, device, d, autocast) if len(val_ds) else None
         if cfg.schedule == "plateau" and epoch_done and val is not None:
             scheduler.step(_score(val))

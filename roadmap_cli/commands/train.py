@@ -1,6 +1,7 @@
 """`roadmap train`: train a road segmentation network on imagery + rendered GPS + labels.
 
-Several GPUs: `torchrun --nproc-per-node N -m roadmap_cli -w city train ...` (see roadmap_cli.train).
+Several GPUs or nodes: `torchrun --nproc-per-node N -m roadmap_cli -w city train ...` (see roadmap_cli.train);
+--batch-size is then per process and only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def _parse_options(values: tuple[str, ...]) -> dict[str, object]:
 @click.option("--tile-size", type=int, default=512, show_default=True, help="Training tile size in pixels.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs (an epoch covers the training "
               "area about once unless --samples-per-epoch).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per step (per process under "
-              "torchrun).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per step and process: under torchrun "
+              "a step trains on batch size x world size tiles.")
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Adam learning rate.")
 @click.option("--schedule", type=click.Choice(["plateau", "cosine"]), default="plateau", show_default=True,
               help="plateau: lr x0.2 after 3 epochs without validation gain; cosine: to lr/100 over the run.")
@@ -109,7 +110,8 @@ def cmd(ctx: click.Context, labels: tuple[str, ...], data_workdirs: tuple[str, .
     params = dict(ctx.params)
     from roadmap_cli.train import dist_from_env
 
-    if dist_from_env().rank == 0:
+    main_rank = dist_from_env().main
+    if main_rank:
         record_config(ctx, params)
     explicit = {name for name in params
                 if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
@@ -125,7 +127,10 @@ def cmd(ctx: click.Context, labels: tuple[str, ...], data_workdirs: tuple[str, .
     )
     wd.ensure()
     summary = run_training(cfg, wd, explicit=explicit)
+    if not main_rank:
+        return  # under torchrun only rank 0 reports
     best = summary.get("best_validation") or {}
+
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
