@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/train_pipeline.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/vectorize.py
+	$(BIN)/python bench/scale.py
 
 bench-ablation: install
 	$(BIN)/python bench/ablation.py

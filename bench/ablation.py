@@ -31,7 +31,7 @@ GPU run are recorded side by side; `--quick` runs get their own section) and pri
 mean/sd/min/max, the new-city drops, and `ratio` = full-model per-tile IoU / image-only per-tile IoU (the paper's
 Table 3 gain, 59.18 / 54.42 = 1.087).
 
-    .venv/bin/python bench/ablation.py                     # CPU: 90-minute budget, 3 seeds (make bench-ablation)
+    .venv/bin/python bench/ablation.py                     # CPU: 3 seeds, fits 90 min on 2 cores (make bench-ablation)
     .venv/bin/python bench/ablation.py --quick --out /tmp/a.md   # smoke run, a few minutes
     python3 bench/ablation.py --device cuda --tile-size 1024 --threads 8 --seeds 0 --budget-min 8   # a GPU box
 """
@@ -146,27 +146,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="smoke run: tiny cities, 128² tiles, ResNet-18 encoder, 3 steps, one seed (minutes)")
     p.add_argument("--seeds", type=str, default=None, help="comma-separated training seeds [0,1,2; quick: 0]")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps per training [default: the most that fit --budget-min]")
+                   help="optimizer steps per training [CPU: 600, the whole run measured 65.6 min on 2 quiet cores; "
+                        "other devices: the most that fit --budget-min by the calibration, which under-estimated "
+                        "CPU steps 1.7x (reader threads compete with training there)]")
     p.add_argument("--budget-min", type=float, default=90.0, help="whole-run budget in minutes [90]")
     p.add_argument("--min-steps", type=int, default=80,
                    help="never fewer steps per training than this, whatever the budget (a busy machine gives "
                         "few): at 80 steps from scratch every probed row learned; fewer were not tried [80]")
     p.add_argument("--size", type=int, default=None,
-                   help="training city side in pixels [max(2048, 4 x tile); quick: 384]")
+                   help="training city side in pixels [CPU: 1024; else max(2048, 4 x tile); quick: 384]")
     p.add_argument("--test-size", type=int, default=None,
-                   help="side of each test city [max(2048, 2 x tile); quick: 256]")
+                   help="side of each test city [CPU: 512; else max(2048, 2 x tile); quick: 256]")
     p.add_argument("--gps-vehicles", type=int, default=None, help="synth --vehicles of every city [synth's: 200]")
     p.add_argument("--gps-hours", type=float, default=None, help="synth --hours of every city [synth's: 4]")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto  [cpu]")
     p.add_argument("--threads", type=int, default=2, help="torch / BLAS threads of every stage [2]")
-    p.add_argument("--tile-size", type=int, default=None, help="training tile (and test window) [256; quick: 128]")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="training tile (and test window) [CPU and quick: 128; else 256]")
     p.add_argument("--eval-tile", type=int, default=None,
                    help="tile of the per-tile mean IoU [= --tile-size; the paper's is 1024]")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per step [4; quick: 2]")
     p.add_argument("--model", default="dlinknet34", choices=["dlinknet34", "linknet34"],
                    help="architecture (`roadmap train --model`) [dlinknet34]")
     p.add_argument("--encoder-depth", type=int, choices=[18, 34], default=None,
-                   help="ResNet depth of the encoder [34; quick: 18]")
+                   help="ResNet depth of the encoder [CPU and quick: 18; else 34]")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="Adam learning rate [1e-3: the paper's 2e-4 left D-LinkNet34 below 0.5 everywhere after "
                         "80 steps from scratch here]")
@@ -198,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_plan(a: argparse.Namespace) -> Plan:
     q = a.quick
-    tile = a.tile_size or (128 if q else 256)
+    cpu = a.device == "cpu" and not q  # the full run on 2 CPU cores: sizes chosen to fit 90 minutes
+    tile = a.tile_size or (128 if q or cpu else 256)
     rows = [k.strip() for k in a.rows.split(",") if k.strip()]
     bad = [k for k in rows if k not in ROW_BY_KEY]
     if bad:
@@ -208,12 +212,12 @@ def make_plan(a: argparse.Namespace) -> Plan:
         raise SystemExit("--steps: must be at least 1")
     return Plan(
         device=a.device, threads=a.threads, model=a.model,
-        encoder_depth=a.encoder_depth or (18 if q else 34), tile_size=tile, eval_tile=a.eval_tile or tile,
+        encoder_depth=a.encoder_depth or (18 if q or cpu else 34), tile_size=tile, eval_tile=a.eval_tile or tile,
         batch_size=2 if q and a.batch_size == 4 else a.batch_size, lr=a.lr, schedule=a.schedule,
-        train_size=a.size or (384 if q else max(2048, 4 * tile)),
-        test_size=a.test_size or (256 if q else max(2048, 2 * tile)),
+        train_size=a.size or (384 if q else 1024 if cpu else max(2048, 4 * tile)),
+        test_size=a.test_size or (256 if q else 512 if cpu else max(2048, 2 * tile)),
         style_train=a.style_train, style_new=a.style_new, data_seed=a.data_seed, seeds=seeds, rows=rows,
-        steps=a.steps if a.steps is not None else (3 if q else None), budget_min=a.budget_min,
+        steps=a.steps if a.steps is not None else (3 if q else 600 if cpu else None), budget_min=a.budget_min,
         kde_kernels=[3, 9] if q else [3, 5, 9, 15, 25, 41, 61],
         quick=q, keep_models=a.keep_models, min_steps=a.min_steps, gps_vehicles=a.gps_vehicles, gps_hours=a.gps_hours,
     )

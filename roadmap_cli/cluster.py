@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -38,6 +39,7 @@ log = logging.getLogger("roadmap")
 
 CONNECT_TIMEOUT_S = 20
 _WORKER_CACHE: dict[Any, Any] = {}
+_CACHE_LOCK = threading.RLock()
 
 
 def scheduler_option(f: Callable) -> Callable:
@@ -187,7 +189,16 @@ def worker_threads() -> int:
 
 
 def worker_cached(key: Any, factory: Callable[[], Any], keep: int = 2) -> Any:
-    """A per-process cache for what every task of a stage would otherwise rebuild (a model, an open raster)."""
+    """A per-process cache for what every task of a stage would otherwise rebuild (a model, an open raster).
+
+    At most `keep` entries stay (the oldest is closed first); thread-safe, since a worker may run several tasks
+    at once.
+    """
+    with _CACHE_LOCK:
+        return _cached(key, factory, keep)
+
+
+def _cached(key: Any, factory: Callable[[], Any], keep: int) -> Any:
     if key not in _WORKER_CACHE:
         while len(_WORKER_CACHE) >= keep:
             old = _WORKER_CACHE.pop(next(iter(_WORKER_CACHE)))

@@ -743,6 +743,9 @@ def worker_device(spec: str) -> Any:
     return dev
 
 
+_REMOTE_LOCK = threading.Lock()
+
+
 def _remote_model_engine(spec: dict[str, Any]) -> _ModelEngine:
     from roadmap_cli.cluster import worker_cached
 
@@ -778,12 +781,14 @@ def predict_windows_task(task: tuple[int, int], spec: dict[str, Any]) -> dict[st
     from roadmap_cli.cluster import worker_threads
 
     worker_threads()
-    engine = _remote_model_engine(spec)
-    k, first = task
-    count = min(engine.task_size(), len(engine.layout.xs) - first)
-    engine.stats.forward_seconds = 0.0
-    batches = engine.compute_windows(k, first, count)
-    return {"batches": batches, "forward_seconds": engine.stats.forward_seconds}
+    _big_arrays_from_mmap()  # the allocator settings of an in-process run (Dask's own make every layer fault pages)
+    with _REMOTE_LOCK:  # a worker with several Dask threads runs one network at a time, on all its threads
+        engine = _remote_model_engine(spec)
+        k, first = task
+        count = min(engine.task_size(), len(engine.layout.xs) - first)
+        engine.stats.forward_seconds = 0.0
+        batches = engine.compute_windows(k, first, count)
+        return {"batches": batches, "forward_seconds": engine.stats.forward_seconds}
 
 
 def kde_band_task(k: int, spec: dict[str, Any]) -> list[np.ndarray]:

@@ -200,7 +200,7 @@ def trace_window_task(core: tuple[int, int, int, int], spec: dict[str, Any]) -> 
     from roadmap_cli.cluster import worker_cached
 
     key = ("vectorize", spec["mask"], spec["mtime_ns"], threading.get_ident())  # a dataset handle per thread
-    src = worker_cached(key, lambda: RasterSource(spec["mask"], scale=spec["scale"]), keep=4)
+    src = worker_cached(key, lambda: RasterSource(spec["mask"], scale=spec["scale"]), keep=64)
     return trace_one(src.read, spec["width"], spec["height"], core, spec["params"])
 
 

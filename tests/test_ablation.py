@@ -47,10 +47,13 @@ def test_stats_and_relative_drop():
 
 
 def test_plan_defaults_and_quick():
-    full = abl.make_plan(abl.parse_args([]))
-    assert full.seeds == [0, 1, 2] and full.tile_size == 256 and full.encoder_depth == 34
-    assert full.steps is None and full.train_size >= 4 * full.tile_size
+    full = abl.make_plan(abl.parse_args([]))  # the CPU run sized to fit 90 minutes on 2 cores
+    assert full.seeds == [0, 1, 2] and full.tile_size == 128 and full.encoder_depth == 18
+    assert full.steps == 600 and full.train_size == 1024 and full.test_size == 512
     assert [r.key for r in full.trained_rows] == ["gps", "image", "image+gps", "+1d", "+augment", "+interval"]
+    gpu = abl.make_plan(abl.parse_args(["--device", "cuda"]))  # elsewhere: the paper's network, budgeted steps
+    assert gpu.tile_size == 256 and gpu.encoder_depth == 34 and gpu.steps is None
+    assert gpu.train_size >= 4 * gpu.tile_size
     q = abl.make_plan(abl.parse_args(["--quick"]))
     assert q.steps is not None and q.train_size < full.train_size and q.seeds == [0]
     assert abl.parse_args([]).calibrate == "auto"
@@ -59,13 +62,13 @@ def test_plan_defaults_and_quick():
 
 
 def test_budget_steps_fit_the_budget():
-    plan = abl.make_plan(abl.parse_args(["--budget-min", "90"]))
+    plan = abl.make_plan(abl.parse_args(["--budget-min", "90", "--device", "cuda"]))
     costs = {"step_s": 3.0, "train_fixed_s": 8.0, "predict_s": 9.0}
     est = abl.budget_steps(plan, costs, spent_s=60.0)
     assert plan.steps == est["steps_from_budget"] and plan.steps >= 5
     assert est["estimated_total_s"] <= 90 * 60
     # twice the step time: about half the steps
-    plan2 = abl.make_plan(abl.parse_args(["--budget-min", "90", "--min-steps", "5"]))
+    plan2 = abl.make_plan(abl.parse_args(["--budget-min", "90", "--min-steps", "5", "--device", "cuda"]))
     abl.budget_steps(plan2, dict(costs, step_s=6.0), spent_s=60.0)
     assert plan2.steps < plan.steps * 0.6
     # fixed --steps are kept, the estimate still computed
@@ -73,7 +76,7 @@ def test_budget_steps_fit_the_budget():
     est3 = abl.budget_steps(plan3, costs, spent_s=0.0)
     assert plan3.steps == 11 and "steps_from_budget" not in est3
     # a budget too small for --min-steps: the floor wins and says so
-    plan4 = abl.make_plan(abl.parse_args(["--budget-min", "20", "--min-steps", "80"]))
+    plan4 = abl.make_plan(abl.parse_args(["--budget-min", "20", "--min-steps", "80", "--device", "cuda"]))
     est4 = abl.budget_steps(plan4, costs, spent_s=0.0)
     assert plan4.steps == 80 and est4["raised_to_min_steps"] == 80 and est4["steps_from_budget"] < 80
     assert est4["estimated_total_s"] > 20 * 60
