@@ -45,6 +45,7 @@ data-loader workers can use it without rasterio, pyproj or torch.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import os
 import threading
@@ -383,7 +384,7 @@ def _jit_plan(key: tuple[Any, ...], dense: tuple[bool, ...]) -> _JitPlan:
     centre 1, the density scaled back by the centre weight at the end (means, being ratios, need nothing).
     Binary mode: one box filter per distinct half-width of the disk's rows, `vt` picking each row offset's box.
     """
-    jit = _backend()
+    jit = importlib.import_module("roadmap_cli._render_numba")  # the compiled path's constants, whatever the default
     params = RenderParams(**dict(key))
     names = params.channel_names()
     value_fields = tuple(c for c in params.channels if c != "density")
