@@ -196,7 +196,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="make the cities, time the stages, print the plan and the estimate, and stop")
     p.add_argument("--label", default=None, help="section name in --out [the device type, +'-quick']")
+    p.add_argument("--render-from", type=Path, default=None, metavar="JSON",
+                   help="run nothing: rewrite the --out section from a --json file of an earlier run")
     return p.parse_args(argv)
+
+
+def render_from(a: argparse.Namespace) -> int:
+    """Rewrite a results section from the JSON an earlier run saved (same numbers, current wording)."""
+    import json
+
+    d = json.loads(a.render_from.read_text())
+    plan = Plan(**d["plan"])
+    label = a.label or plan.device.split(":")[0] + ("-quick" if plan.quick else "")
+    write_markdown(a.out, label, render_section(plan, d["meta"], d["summary"], d["results"], d["kde"], label))
+    print(f"wrote {a.out} (section {label}) from {a.render_from}", file=sys.stderr)
+    return 0
 
 
 def make_plan(a: argparse.Namespace) -> Plan:
@@ -668,7 +682,10 @@ def compare_paragraph(plan: Plan, summary: dict[str, Any], results: dict[str, li
         if ma is None or mb is None:
             continue
         wins, n = _per_seed(results, a, b, metric)
-        verdict = "holds" if mb > ma else ("**tie**" if mb == ma else "**does not hold**")
+        if mb > ma:  # higher on average: a finding only when every seed agrees
+            verdict = "holds" if wins == n else "on average only, not in every seed (within the spread)"
+        else:
+            verdict = "**tie**" if mb == ma else "**does not hold**"
         unit = "points" if metric is iou else "points of relative drop"
         lines.append(f"- {verdict}: {text}. Here {ROW_BY_KEY[a].label} "
                      f"{_pct(ma)} → {ROW_BY_KEY[b].label} {_pct(mb)} ({metric_name[metric]}, "
@@ -806,6 +823,8 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.render_from is not None:
+        return render_from(a)
     plan = make_plan(a)
     import torch
 
