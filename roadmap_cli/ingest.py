@@ -1018,20 +1018,21 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         with reading_pool(), progress(desc="reading GPS", unit="rows", unit_scale=True) as bar:
-            if cluster is not None:
-                def keep(pb: ParsedBatch) -> None:  # what the loop below does with a batch's rows
-                    nonlocal memory, buckets
-                    if memory is not None:
-                        memory.add(pb)
-                        if memory.size > memory_rows:
-                            log.info("more than %d GPS rows: spilling to disk", memory_rows)
-                            buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
-                            memory.spill_into(buckets)
-                            memory = None
-                    else:
-                        assert buckets is not None
-                        buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
+            def keep(pb: ParsedBatch, fill_pool: ThreadPoolExecutor | None = None) -> None:
+                """Hold a batch's rows in memory, or in the disk buckets once there are too many."""
+                nonlocal memory, buckets
+                if memory is not None:
+                    memory.add(pb, fill_pool)
+                    if memory.size > memory_rows:  # the estimate was short: continue on disk
+                        log.info("more than %d GPS rows: spilling to disk", memory_rows)
+                        buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
+                        memory.spill_into(buckets)
+                        memory = None
+                else:
+                    assert buckets is not None
+                    buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
 
+            if cluster is not None:
                 spec = _ReadSpec(overrides, gps_crs, speed_unit, block_size,
                                  {k: getattr(GpsFile, k) for k in _GPSFILE_KNOBS}, log.getEffectiveLevel())
                 _pass1_cluster(cluster, files, sources, spec, vehicles, drops, keep, ext, q_lat, q_lon, bar)
@@ -1045,16 +1046,7 @@ def ingest_gps(files: list[Path], grid: Grid | None, store_dir: Path, work_dir: 
                         if warm_pyproj:  # now that parsing (which releases the GIL) is under way
                             threading.Thread(target=importlib.import_module, args=("pyproj",), daemon=True).start()
                             warm_pyproj = False
-                        if memory is not None:
-                            memory.add(pb, pool if workers > 1 else None)
-                            if memory.size > memory_rows:  # the estimate was short: continue on disk
-                                log.info("more than %d GPS rows: spilling to disk", memory_rows)
-                                buckets = _Spill(work_dir / "buckets.bin", N_BUCKETS)
-                                memory.spill_into(buckets)
-                                memory = None
-                        else:
-                            assert buckets is not None
-                            buckets.add(_bucket_records(pb), pb.vehicle % N_BUCKETS)
+                        keep(pb, pool if workers > 1 else None)
                         ext.update(pb.lon, pb.lat)
                         if first and pb.lat.size:
                             q_lat.append(pb.lat[:20_000])

@@ -16,7 +16,7 @@ import rasterio
 import torch
 from click.testing import CliRunner
 from rasterio.transform import Affine
-from test_predict import make_workdir, meta_for
+from test_predict import _one_thread, make_workdir, meta_for  # noqa: F401 - autouse: one torch thread, as the workers
 from test_vectorize import T05, UTM, _seam_mask, assert_same_graph
 
 from roadmap_cli.cli import main
@@ -33,14 +33,6 @@ distributed = pytest.importorskip("distributed", reason="the cluster extra (dask
 def cluster():
     with open_cluster("local:2") as c:
         yield c
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _registry_checkpoint(wd: Workdir, inputs: str = "image+gps", seed: int = 0) -> Path:
@@ -90,6 +82,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
 # ---- predict -------------------------------------------------------------------------------------------------------
 def test_predict_on_cluster_is_byte_identical(tmp_path, cluster):
     """Several bands, several tasks per band, a last partial batch: the same prob.tif bytes as in-process."""
+    assert torch.get_num_threads() == 1  # the in-process side computes as the single-thread workers do
     wd = make_workdir(tmp_path, 300, 200)
     ckpt = _registry_checkpoint(wd)
     from roadmap_cli.checkpoint import build_from_checkpoint
