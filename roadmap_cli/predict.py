@@ -1047,7 +1047,8 @@ def predict_to_raster(model: Any, meta: dict[str, Any], workdir: Workdir | str |
                                "keep <workdir>/model.pt")
         if windows_per_task < 1:
             raise RoadmapError(f"windows per task {windows_per_task}: must be at least 1")
-        remote_spec = {"checkpoint": str(Path(checkpoint).resolve()), "model": fingerprint["model"],
+        digest = model_digest(model) if model_id else fingerprint["model"]  # what the workers check they loaded
+        remote_spec = {"checkpoint": str(Path(checkpoint).resolve()), "model": digest,
                        "device": worker_device, "workdir": str(wd.root.resolve()), "tile": tile, "overlap": ov,
                        "inputs": model_inputs, "feed_gps": feed_gps, "batch_size": batch_size, "tta": tta,
                        "readers": 2, "windows_per_task": windows_per_task}
